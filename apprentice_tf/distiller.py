@@ -1,0 +1,766 @@
+"""`Distiller`: train a low-precision student from a full-precision teacher (Apprentice).
+
+Mishra & Marr, "Apprentice: Using Knowledge Distillation Techniques To Improve Low-Precision
+Network Accuracy", ICLR 2018 (arXiv:1711.05852). One Keras model holds the student and the
+teacher and minimises
+
+    L = α·H(y, p_T) + β·H(y, p_A) + γ·τ²·H(p_T(τ), p_A(τ))
+
+(`apprentice_tf.losses.apprentice_loss`). The three schemes of the paper:
+
+- **A** (``train_teacher=True``): teacher and student train together from scratch; each step
+  runs the teacher in training mode, updates it with α·H(y, p_T) through its own optimizer and
+  the student with β·H(y, p_A) + γ·τ²·H(p_T(τ), p_A(τ)), the teacher's logits a fixed target.
+- **B** (``train_teacher=False``, the default): a pre-trained teacher, frozen (BatchNorm in
+  inference mode, ``teacher.trainable = False``); only the student learns. Its logits can be
+  computed once with `cache_teacher_logits`.
+- **C** (`Distiller.from_pretrained_student`): a float student trained first, its precision
+  lowered with `apprentice_tf.quantize.quantize_model`, then fine-tuned as in B.
+
+Usage::
+
+    d = Distiller(student, teacher, alpha=1.0, beta=0.5, gamma=0.5, temperature=1.0)
+    d.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), metrics=["accuracy"])
+    d.fit(train_ds, validation_data=val_ds, epochs=..., callbacks=[...])
+    d.student.save("student.keras")        # the deployable network
+
+Running on a cluster
+--------------------
+Build and compile the Distiller inside ``strategy.scope()`` (`tf.distribute.MirroredStrategy`
+for several devices, `tf.distribute.MultiWorkerMirroredStrategy` for several machines, with
+``TF_CONFIG`` set on each worker before TensorFlow starts) and pass ``fit`` a dataset batched by
+the *global* batch size; Keras splits every batch between the replicas. Each replica divides its
+per-example losses by the global batch size (an all-reduce of the replicas' batch sizes, so an
+uneven last batch is exact too) and the optimizers sum the replicas' gradients, so a step equals
+the single-device step on the same global batch. The metrics average per-example values over all
+replicas. Only the chief should write checkpoints and logs (Keras's callbacks handle this); use
+`keras.callbacks.BackupAndRestore` to resume after a worker is pre-empted: it also restores the
+teacher's optimizer in scheme A. With `cache_teacher_logits`, cache on one worker and save the
+logits, or cache on each worker from the same deterministic dataset, before distributing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from apprentice_tf import losses
+from apprentice_tf.compat import check_keras_object, keras, tf
+
+__all__ = ["Distiller", "cache_teacher_logits"]
+
+_OPTIMIZER_TYPES = (keras.optimizers.Optimizer, keras.optimizers.legacy.Optimizer)
+
+
+def _check_weight(name: str, value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"Distiller: `{name}` must be a finite number >= 0, received {value!r}.")
+    return float(value)
+
+
+def _logits_shape(model: keras.Model, argument: str) -> tf.TensorShape | None:
+    """The model's output shape, or None if it is not known before the first call."""
+    try:
+        outputs = model.outputs
+    except AttributeError:
+        outputs = None
+    if not outputs:
+        return None
+    if len(outputs) != 1:
+        raise ValueError(
+            f"Distiller: `{argument}` must have a single output (the logits), received a model "
+            f"with {len(outputs)} outputs."
+        )
+    shape = outputs[0].shape
+    if shape.rank != 2:
+        raise ValueError(
+            f"Distiller: `{argument}` must output logits of shape (batch, classes), received "
+            f"output shape {shape}."
+        )
+    return shape
+
+
+def _check_logits_output(model: keras.Model, argument: str) -> None:
+    """Refuse a model whose last layer applies softmax: the losses expect logits."""
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return
+    last = getattr(layers[-1], "layer", layers[-1])  # look inside a tfmot QuantizeWrapper
+    activation = getattr(last, "activation", None)
+    if isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
+        raise ValueError(
+            f"Distiller: `{argument}` ends with a softmax (layer '{layers[-1].name}'); the "
+            "distillation losses need logits. Remove the softmax (use activation=None on the "
+            "last layer)."
+        )
+
+
+def _sparse_labels(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Class ids from sparse or one-hot labels, shape (batch,)."""
+    if labels.shape.rank == logits.shape.rank and labels.shape[-1] == logits.shape[-1] != 1:
+        return tf.argmax(labels, axis=-1)
+    if labels.shape.rank == logits.shape.rank:
+        return tf.squeeze(labels, axis=-1)
+    return labels
+
+
+def _global_batch_size(x: Any) -> tf.Tensor:
+    """The number of examples in this step over all replicas (exact for uneven splits)."""
+    local = tf.shape(tf.nest.flatten(x)[0])[0]
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.cast(local, tf.int64)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local, tf.float32))
+    return tf.cast(tf.round(total), tf.int64)
+
+
+def _regularization(model: keras.Model | None) -> tf.Tensor:
+    if model is None or not model.losses:
+        return tf.constant(0.0)
+    return tf.nn.scale_regularization_loss(tf.add_n([tf.cast(v, tf.float32) for v in model.losses]))
+
+
+def _copy_optimizer(optimizer: Any) -> Any:
+    """A fresh optimizer with the same class and settings (no slots, step 0)."""
+    return optimizer.__class__.from_config(optimizer.get_config())
+
+
+@keras.utils.register_keras_serializable(package="apprentice_tf")
+class Distiller(keras.Model):
+    """Knowledge distillation of a (low-precision) student from a full-precision teacher.
+
+    Minimises Mishra & Marr's Apprentice loss (ICLR 2018)
+
+        L = α·H(y, p_T) + β·H(y, p_A) + γ·τ²·H(p_T(τ), p_A(τ)),
+
+    p = softmax of the logits, p(τ) = softmax(logits/τ); τ² is Hinton et al.'s scaling. The
+    α term trains only the teacher and is computed only when ``train_teacher=True`` (scheme A);
+    with a frozen teacher (scheme B, C) it would have no gradient, so ``alpha`` is accepted and
+    ignored. The γ term trains only the student: the teacher's logits are stop-gradient.
+
+    Data: ``fit`` takes ``(x, y)`` batches, or ``(x, y, teacher_logits)`` batches from
+    `cache_teacher_logits`, in which case the teacher is not run (and may be None). A third
+    element is always teacher logits: sample weights are not supported.
+
+    Logged metrics: ``loss`` (the weighted sum above, plus regularization losses),
+    ``student_ce`` = H(y, p_A), ``distillation`` = τ²·H(p_T(τ), p_A(τ)), the compiled metrics
+    (e.g. ``accuracy``) on the student's logits, and, in scheme A (or when evaluating with a
+    teacher), ``teacher_ce`` = H(y, p_T) and ``teacher_accuracy``. Terms are unweighted.
+
+    Attributes:
+      student: the network being distilled; save ``d.student`` for deployment.
+      teacher: the teacher, or None when logits are cached.
+      teacher_optimizer: the teacher's optimizer in scheme A (tracked, so checkpoints and
+        `keras.callbacks.BackupAndRestore` include its state). Learning-rate callbacks
+        (ReduceLROnPlateau, LearningRateScheduler) change only the student's ``optimizer``; give
+        the teacher's optimizer its own schedule if needed.
+    """
+
+    def __init__(
+        self,
+        student: keras.Model,
+        teacher: keras.Model | None = None,
+        alpha: float = 1.0,
+        beta: float = 0.5,
+        gamma: float = 0.5,
+        temperature: float = 1.0,
+        train_teacher: bool = False,
+        teacher_optimizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Check the settings and hold the two networks.
+
+        Args:
+          student: tf_keras model returning logits (no softmax), shape (batch, classes).
+          teacher: tf_keras model with the same output shape, or None (cached logits, or
+            ``gamma=0`` to train the student alone on labels).
+          alpha, beta, gamma: finite weights >= 0 of the teacher's label loss, the student's
+            label loss and the distillation loss (paper: 1, 0.5, 0.5).
+          temperature: τ > 0 of the distillation term (paper: 1; high τ with low-bit students
+            has been reported to hurt, start at 1).
+          train_teacher: True for scheme A (joint training). False freezes the teacher: this
+            sets ``teacher.trainable = False``.
+          teacher_optimizer: scheme A only; the teacher's optimizer. Default: a fresh copy of
+            the optimizer given to ``compile`` (same class and settings).
+          **kwargs: passed to `keras.Model` (e.g. ``name``).
+
+        Raises:
+          ValueError: a student/teacher that is not a tf_keras Model (e.g. Keras 3), the same
+            model (or shared weights) as both, different or non-(batch, classes) output shapes,
+            a softmax output, negative or non-finite weights, weights with nothing to train,
+            τ <= 0, ``train_teacher=True`` without a teacher, with ``alpha=0`` or with a teacher
+            whose ``trainable`` is False, or a ``teacher_optimizer`` without ``train_teacher``.
+        """
+        super().__init__(**kwargs)
+        check_keras_object(student, "student")
+        if teacher is not None:
+            check_keras_object(teacher, "teacher")
+            if teacher is student:
+                raise ValueError(
+                    f"Distiller: `student` and `teacher` are the same model ('{student.name}'); "
+                    "distillation needs two networks."
+                )
+            shared = {id(v) for v in student.weights} & {id(v) for v in teacher.weights}
+            if shared:
+                raise ValueError(
+                    f"Distiller: `student` ('{student.name}') and `teacher` ('{teacher.name}') "
+                    f"share {len(shared)} weight variables; training the student would change "
+                    "the teacher. Build the student from new layers."
+                )
+        if not isinstance(train_teacher, (bool, np.bool_)):
+            raise ValueError(
+                f"Distiller: `train_teacher` must be True or False, received {train_teacher!r}."
+            )
+        train_teacher = bool(train_teacher)
+        alpha = _check_weight("alpha", alpha)
+        beta = _check_weight("beta", beta)
+        gamma = _check_weight("gamma", gamma)
+        temperature = self._check_temperature(temperature)
+        if alpha == beta == gamma == 0.0:
+            raise ValueError(
+                "Distiller: `alpha`, `beta` and `gamma` are all 0, so nothing would be trained. "
+                "The paper uses alpha=1, beta=0.5, gamma=0.5."
+            )
+        if beta == gamma == 0.0:
+            raise ValueError(
+                f"Distiller: `beta` and `gamma` are both 0 (alpha={alpha}), so the student would "
+                "not be trained: beta weighs its label loss, gamma its distillation loss."
+            )
+        if train_teacher:
+            if teacher is None:
+                raise ValueError(
+                    "Distiller: `train_teacher=True` (scheme A, joint training) needs a "
+                    "`teacher`, received teacher=None."
+                )
+            if alpha == 0.0:
+                raise ValueError(
+                    "Distiller: `train_teacher=True` with `alpha=0`: the teacher's only loss is "
+                    "alpha·H(y, p_T), so it would not learn. Use alpha > 0 (paper: 1) or "
+                    "train_teacher=False."
+                )
+            if not teacher.trainable:
+                raise ValueError(
+                    f"Distiller: `train_teacher=True` but teacher '{teacher.name}' has "
+                    "trainable=False. Set `teacher.trainable = True` for joint training "
+                    "(scheme A), or pass train_teacher=False to distil from a frozen teacher."
+                )
+        elif teacher_optimizer is not None:
+            raise ValueError(
+                "Distiller: `teacher_optimizer` was given but `train_teacher=False`, so the "
+                "teacher is frozen and the optimizer would never be used."
+            )
+        if teacher_optimizer is not None and not isinstance(teacher_optimizer, _OPTIMIZER_TYPES):
+            raise ValueError(
+                "Distiller: `teacher_optimizer` must be a tf_keras optimizer, received "
+                f"{type(teacher_optimizer).__module__}.{type(teacher_optimizer).__name__}."
+            )
+        student_shape = _logits_shape(student, "student")
+        _check_logits_output(student, "student")
+        if teacher is not None:
+            teacher_shape = _logits_shape(teacher, "teacher")
+            _check_logits_output(teacher, "teacher")
+            if (
+                student_shape is not None
+                and teacher_shape is not None
+                and not student_shape[1:].is_compatible_with(teacher_shape[1:])
+            ):
+                raise ValueError(
+                    f"Distiller: student and teacher outputs differ: student '{student.name}' "
+                    f"outputs {student_shape}, teacher '{teacher.name}' outputs "
+                    f"{teacher_shape}. Both must give logits over the same classes."
+                )
+            if not train_teacher:
+                teacher.trainable = False
+        if not student.trainable:
+            raise ValueError(
+                f"Distiller: student '{student.name}' has trainable=False; set "
+                "`student.trainable = True`."
+            )
+
+        self.student = student
+        self.teacher = teacher
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+        self.temperature = temperature
+        self.train_teacher = train_teacher
+        self._default_teacher_optimizer = teacher_optimizer is None
+        self.teacher_optimizer = teacher_optimizer
+
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.student_ce_tracker = keras.metrics.Mean(name="student_ce")
+        self.distillation_tracker = keras.metrics.Mean(name="distillation")
+        self.teacher_ce_tracker = keras.metrics.Mean(name="teacher_ce")
+        self.teacher_accuracy = keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")
+
+    @staticmethod
+    def _check_temperature(temperature: Any) -> float:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature)
+            or temperature <= 0
+        ):
+            raise ValueError(
+                f"Distiller: `temperature` must be a finite number > 0, received {temperature!r}."
+            )
+        return float(temperature)
+
+    # ----------------------------------------------------------------------------------------
+    # Keras plumbing
+
+    def compile(
+        self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None, **kwargs: Any
+    ) -> None:
+        """Keras's `compile`; the loss is the Distiller's own (weights set in ``__init__``).
+
+        ``metrics`` are computed on the student's logits (``"accuracy"`` works on logits). In
+        scheme A without a ``teacher_optimizer``, the teacher gets a fresh copy of ``optimizer``.
+
+        Raises:
+          ValueError: a ``loss`` or ``loss_weights`` is given.
+        """
+        if loss is not None or kwargs.get("loss_weights") is not None:
+            raise ValueError(
+                "Distiller.compile: the loss is the Apprentice loss, set by Distiller(alpha=, "
+                "beta=, gamma=, temperature=); do not pass `loss` or `loss_weights` (received "
+                f"loss={loss!r}, loss_weights={kwargs.get('loss_weights')!r})."
+            )
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        if self.train_teacher and self._default_teacher_optimizer:
+            self.teacher_optimizer = _copy_optimizer(self.optimizer)
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """Every tracker Keras resets at the start of each epoch and evaluation."""
+        metrics = [
+            self.loss_tracker,
+            self.student_ce_tracker,
+            self.distillation_tracker,
+            self.teacher_ce_tracker,
+            self.teacher_accuracy,
+        ]
+        compiled = getattr(self, "compiled_metrics", None)
+        if self._is_compiled and compiled is not None:
+            metrics += compiled.metrics
+        return metrics
+
+    def call(self, inputs: Any, training: bool | None = None) -> tf.Tensor:
+        """The student's logits."""
+        return self.student(inputs, training=training)
+
+    # ----------------------------------------------------------------------------------------
+    # Steps
+
+    def _unpack(self, data: Any) -> tuple[Any, Any, tf.Tensor | None]:
+        x, y, cached = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None and (self.beta > 0 or self.train_teacher):
+            raise ValueError(
+                "Distiller: the data has no labels, but beta > 0 (student label loss) or "
+                "train_teacher=True need them. Yield (x, y) or (x, y, teacher_logits), or use "
+                "beta=0 with a frozen teacher for label-free distillation."
+            )
+        if cached is not None:
+            cached = tf.convert_to_tensor(cached)
+            if cached.shape.rank != 2:
+                raise ValueError(
+                    "Distiller: the third element of each batch must be teacher logits of shape "
+                    f"(batch, classes), received shape {cached.shape}. Distiller does not take "
+                    "sample weights."
+                )
+            if self.train_teacher:
+                raise ValueError(
+                    "Distiller: cached teacher logits with train_teacher=True; cached logits "
+                    "come from a frozen teacher (scheme B/C), joint training (A) needs live ones."
+                )
+            cached = tf.stop_gradient(tf.cast(cached, tf.float32))
+        return x, y, cached
+
+    def _terms(
+        self, x: Any, y: Any, cached: tf.Tensor | None, training: bool
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """Student logits and the per-example terms that apply to this step."""
+        student_logits = self.student(x, training=training)
+        teacher_logits = cached
+        if teacher_logits is None and self.teacher is not None:
+            if not training or self.gamma > 0 or self.train_teacher:
+                train_it = training and self.train_teacher
+                teacher_logits = tf.cast(self.teacher(x, training=train_it), tf.float32)
+        if teacher_logits is None and training and self.gamma > 0:
+            raise ValueError(
+                "Distiller: gamma > 0 needs teacher logits, but there is no teacher and the data "
+                "has no third element. Pass a teacher or a dataset from cache_teacher_logits()."
+            )
+        terms: dict[str, tf.Tensor] = {}
+        if y is not None:
+            terms["student_ce"] = losses.cross_entropy(y, student_logits, reduction="none")
+        if teacher_logits is not None:
+            if not teacher_logits.shape[1:].is_compatible_with(student_logits.shape[1:]):
+                raise ValueError(
+                    f"Distiller: teacher logits of shape {teacher_logits.shape} do not match the "
+                    f"student's logits of shape {student_logits.shape}."
+                )
+            terms["distillation"] = losses.distillation_loss(
+                teacher_logits, student_logits, self.temperature, reduction="none"
+            )
+            if y is not None and (self.train_teacher or not training):
+                terms["teacher_ce"] = losses.cross_entropy(y, teacher_logits, reduction="none")
+                self.teacher_accuracy.update_state(
+                    _sparse_labels(tf.convert_to_tensor(y), teacher_logits), teacher_logits
+                )
+        return student_logits, terms
+
+    def _student_per_example(self, terms: dict[str, tf.Tensor]) -> tf.Tensor:
+        total = 0.0
+        if "student_ce" in terms and self.beta:
+            total += self.beta * terms["student_ce"]
+        if "distillation" in terms and self.gamma:
+            total += self.gamma * terms["distillation"]
+        if isinstance(total, float):
+            total = tf.zeros_like(next(iter(terms.values())))
+        return total
+
+    def _logs(
+        self,
+        y: Any,
+        student_logits: tf.Tensor,
+        terms: dict[str, tf.Tensor],
+        total: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        self.loss_tracker.update_state(total)
+        trackers = [self.loss_tracker]
+        for name, tracker in (
+            ("student_ce", self.student_ce_tracker),
+            ("distillation", self.distillation_tracker),
+            ("teacher_ce", self.teacher_ce_tracker),
+        ):
+            if name in terms:
+                tracker.update_state(terms[name])
+                trackers.append(tracker)
+        if "teacher_ce" in terms:
+            trackers.append(self.teacher_accuracy)
+        logs = {tracker.name: tracker.result() for tracker in trackers}
+        if y is not None and self.compiled_metrics is not None:
+            self.compiled_metrics.update_state(y, student_logits)
+            for metric in self.compiled_metrics.metrics:
+                result = metric.result()
+                if isinstance(result, dict):
+                    logs.update(result)
+                else:
+                    logs[metric.name] = result
+        return logs
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """One optimizer step for the student (and, in scheme A, the teacher).
+
+        Per replica: loss_A = Σ_i (β·H(y_i, p_A) + γ·τ²·H(p_T(τ), p_A(τ)))_i / global_batch
+        (+ the student's regularization losses / replicas) updates the student with
+        ``optimizer``; in scheme A, loss_T = Σ_i α·H(y_i, p_T)_i / global_batch updates the
+        teacher with ``teacher_optimizer``, from the same forward pass (teacher in training mode).
+        """
+        x, y, cached = self._unpack(data)
+        global_batch = _global_batch_size(x)
+        with tf.GradientTape(persistent=True) as tape:
+            student_logits, terms = self._terms(x, y, cached, training=True)
+            student_per_example = self._student_per_example(terms)
+            student_loss = tf.nn.compute_average_loss(
+                student_per_example, global_batch_size=global_batch
+            ) + _regularization(self.student)
+            if self.train_teacher:
+                teacher_per_example = self.alpha * terms["teacher_ce"]
+                teacher_loss = tf.nn.compute_average_loss(
+                    teacher_per_example, global_batch_size=global_batch
+                ) + _regularization(self.teacher)
+        self.optimizer.minimize(student_loss, self.student.trainable_variables, tape=tape)
+        total = student_per_example + _unscaled_regularization(self.student)
+        if self.train_teacher:
+            self.teacher_optimizer.minimize(
+                teacher_loss, self.teacher.trainable_variables, tape=tape
+            )
+            total += teacher_per_example + _unscaled_regularization(self.teacher)
+        del tape
+        return self._logs(y, student_logits, terms, total)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """Evaluate the student (and the teacher, if there is one) in inference mode."""
+        x, y, cached = self._unpack(data)
+        student_logits, terms = self._terms(x, y, cached, training=False)
+        total = self._student_per_example(terms) + _unscaled_regularization(self.student)
+        if self.train_teacher and "teacher_ce" in terms:
+            total += self.alpha * terms["teacher_ce"] + _unscaled_regularization(self.teacher)
+        return self._logs(y, student_logits, terms, total)
+
+    # ----------------------------------------------------------------------------------------
+    # Serialization and construction
+
+    def get_config(self) -> dict[str, Any]:
+        """Settings plus the serialized student and teacher (architecture, not weights)."""
+        teacher_optimizer = None
+        if not self._default_teacher_optimizer and self.teacher_optimizer is not None:
+            teacher_optimizer = keras.optimizers.serialize(self.teacher_optimizer)
+        return {
+            "name": self.name,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": (
+                None if self.teacher is None else keras.saving.serialize_keras_object(self.teacher)
+            ),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "gamma": self.gamma,
+            "temperature": self.temperature,
+            "train_teacher": self.train_teacher,
+            "teacher_optimizer": teacher_optimizer,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Distiller:
+        """Rebuild from `get_config`; load quantized students inside `quantize_scope()`."""
+        config = dict(config)
+        config["student"] = keras.saving.deserialize_keras_object(
+            config["student"], custom_objects=custom_objects
+        )
+        if config.get("teacher") is not None:
+            config["teacher"] = keras.saving.deserialize_keras_object(
+                config["teacher"], custom_objects=custom_objects
+            )
+        if config.get("teacher_optimizer") is not None:
+            config["teacher_optimizer"] = keras.optimizers.deserialize(
+                config["teacher_optimizer"], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained_student(
+        cls,
+        float_student: keras.Model,
+        teacher: keras.Model,
+        weight_bits: str | int = "ternary",
+        activation_bits: int | None = 8,
+        keep_first_last: bool = True,
+        skip: tuple[str, ...] = (),
+        **distiller_kwargs: Any,
+    ) -> Distiller:
+        """Scheme C: lower a trained float student's precision and distil into it.
+
+        The float weights are copied into a quantization-aware model
+        (`apprentice_tf.quantize.quantize_model`: ternary or k-bit weights except the first conv
+        and last dense, k-bit activations), the teacher is frozen, and the returned Distiller
+        fine-tunes the low-precision student from the teacher (Mishra & Marr's scheme C).
+        Fine-tune for a few epochs at a lower learning rate than training from scratch (e.g.
+        a tenth) so the copied weights are adjusted rather than overwritten.
+
+        Args:
+          float_student: the trained full-precision student (Sequential or functional).
+          teacher: the trained teacher; it is frozen (``trainable = False``).
+          weight_bits, activation_bits, keep_first_last, skip: passed to `quantize_model`.
+          **distiller_kwargs: alpha, beta, gamma, temperature, name (``train_teacher`` must
+            stay False).
+
+        Returns:
+          A `Distiller` whose ``student`` is the new low-precision model.
+        """
+        if distiller_kwargs.get("train_teacher"):
+            raise ValueError(
+                "Distiller.from_pretrained_student: scheme C distils from a frozen teacher; "
+                "received train_teacher=True."
+            )
+        distiller_kwargs.pop("train_teacher", None)
+        if teacher is None:
+            raise ValueError(
+                "Distiller.from_pretrained_student: scheme C needs a trained `teacher`, "
+                "received None."
+            )
+        from apprentice_tf.quantize import quantize_model
+
+        check_keras_object(float_student, "float_student")
+        check_keras_object(teacher, "teacher")
+        student = quantize_model(
+            float_student,
+            weight_bits=weight_bits,
+            activation_bits=activation_bits,
+            keep_first_last=keep_first_last,
+            skip=skip,
+        )
+        teacher.trainable = False
+        return cls(student, teacher, train_teacher=False, **distiller_kwargs)
+
+
+def _unscaled_regularization(model: keras.Model | None) -> tf.Tensor:
+    if model is None or not model.losses:
+        return tf.constant(0.0)
+    return tf.add_n([tf.cast(v, tf.float32) for v in model.losses])
+
+
+# --------------------------------------------------------------------------------------------
+# Teacher-logit caching
+
+
+def _check_deterministic(dataset: tf.data.Dataset, assume_deterministic: bool) -> None:
+    why = (
+        "Cached logits are paired with examples by position, so the dataset must give the same "
+        "examples, in the same order and without random augmentation, on every pass: shuffling "
+        "or random augmentation would pair an example with another example's (or another "
+        "view's) logits. Cache an un-shuffled, un-augmented dataset, and shuffle the returned "
+        "one (cache unbatched data with batch_size=..., then .shuffle().batch())."
+    )
+    if dataset.options().deterministic is False:
+        raise ValueError(
+            "cache_teacher_logits: the dataset has options().deterministic == False (elements "
+            "may come in a different order on each pass). " + why
+        )
+    if assume_deterministic:
+        return
+    try:
+        from apprentice_tf import data as atf_data
+    except ImportError:  # pragma: no cover - data.py is optional at this layer
+        return
+    checker = getattr(atf_data, "is_deterministic", None)
+    if checker is not None and not checker(dataset):
+        raise ValueError(
+            "cache_teacher_logits: apprentice_tf.data.is_deterministic() says this dataset is "
+            "not deterministic (it only vouches for datasets returned by "
+            "apprentice_tf.data.load(..., deterministic=True), unmodified). " + why + " If you "
+            "know your pipeline is deterministic, pass assume_deterministic=True."
+        )
+
+
+def _to_numpy(structure: Any) -> Any:
+    return tf.nest.map_structure(lambda t: np.asarray(t), structure)
+
+
+def _same(first: Any, second: Any) -> bool:
+    try:
+        tf.nest.assert_same_structure(first, second)
+    except (ValueError, TypeError):
+        return False
+    return all(
+        a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(second), strict=True)
+    )
+
+
+def cache_teacher_logits(
+    teacher: keras.Model,
+    dataset: tf.data.Dataset,
+    batch_size: int | None = None,
+    *,
+    assume_deterministic: bool = False,
+    verbose: int = 1,
+) -> tf.data.Dataset:
+    """Run a frozen teacher once over ``(x, y)`` data; return ``(x, y, teacher_logits)`` data.
+
+    Scheme B of Mishra & Marr (ICLR 2018): a frozen teacher's logits z_T(x) do not change, so
+    they can be computed once and reused every epoch. The teacher runs in inference mode
+    (``training=False``); its logits are kept in memory as a NumPy array (CIFAR-10: 50k × 10
+    floats, 2 MB; ImageNet-sized caches belong on disk instead) and zipped with the dataset, so
+    the returned dataset re-reads ``x`` and ``y`` from ``dataset`` on every pass.
+
+    Refused, because they would pair an example with another example's logits: a dataset with
+    ``options().deterministic == False``; a dataset that `apprentice_tf.data.is_deterministic`
+    does not vouch for (only datasets from ``apprentice_tf.data.load(..., deterministic=True)``),
+    unless ``assume_deterministic=True``; and a dataset whose first batch differs between two
+    passes (shuffling that reshuffles each pass, unseeded random augmentation). Limits of the
+    detection: only the first batch is compared, so a pipeline that shuffles or augments only
+    later elements, or whose randomness repeats on the second pass but not the third, is not
+    caught. Shuffle *after* caching: cache unbatched data with ``batch_size``, then call
+    ``.shuffle(...).batch(...)`` on the result.
+
+    Args:
+      teacher: tf_keras model returning logits.
+      dataset: finite dataset of ``(x, y)`` pairs. With ``batch_size=None`` its elements are
+        batches; with ``batch_size`` they are single examples, run through the teacher in
+        batches of ``batch_size``.
+      batch_size: see ``dataset``.
+      assume_deterministic: vouch for a dataset `apprentice_tf.data.is_deterministic` does not
+        know (e.g. ``from_tensor_slices``); the other checks still run.
+      verbose: 1 shows a `keras.utils.Progbar`, 0 is silent.
+
+    Returns:
+      A dataset of ``(x, y, teacher_logits)`` with the same order and batching as ``dataset``;
+      the logits are float32.
+
+    Raises:
+      ValueError: a non-deterministic, infinite, empty or non-``(x, y)`` dataset, a bad
+        ``batch_size``, or a teacher that is not a tf_keras Model.
+    """
+    check_keras_object(teacher, "teacher")
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            f"cache_teacher_logits: `dataset` must be a tf.data.Dataset, received "
+            f"{type(dataset).__name__}."
+        )
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise ValueError(
+            "cache_teacher_logits: `dataset` must yield (x, y) pairs, received elements with "
+            f"spec {spec}."
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"cache_teacher_logits: `batch_size` must be None or an integer >= 1, received "
+            f"{batch_size!r}."
+        )
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "cache_teacher_logits: `dataset` is infinite (e.g. .repeat()); cache one pass and "
+            "repeat the returned dataset."
+        )
+    _check_deterministic(dataset, assume_deterministic)
+
+    batches = dataset if batch_size is None else dataset.batch(int(batch_size))
+    predict = tf.function(lambda x: teacher(x, training=False), reduce_retracing=True)
+    cardinality = int(batches.cardinality())
+    progbar = keras.utils.Progbar(
+        cardinality if cardinality >= 0 else None, verbose=verbose, unit_name="batch"
+    )
+    logits: list[np.ndarray] = []
+    first = None
+    for step, (x, y) in enumerate(batches):
+        if first is None:
+            first = _to_numpy((x, y))
+        logits.append(np.asarray(predict(x), dtype=np.float32))
+        progbar.update(step + 1)
+    if first is None:
+        raise ValueError("cache_teacher_logits: `dataset` is empty.")
+    if logits[0].ndim != 2:
+        raise ValueError(
+            "cache_teacher_logits: the teacher must return logits of shape (batch, classes), "
+            f"returned shape {logits[0].shape}."
+        )
+    replay = _to_numpy(next(iter(batches)))
+    if not _same(first, replay):
+        raise ValueError(
+            "cache_teacher_logits: the dataset's first batch differed between two passes (it is "
+            "shuffled each pass or randomly augmented). Cached logits are paired with examples "
+            "by position, so this would pair an example with another example's logits. Cache "
+            "an un-shuffled, un-augmented dataset and shuffle the returned one."
+        )
+
+    everything = np.concatenate(logits, axis=0)
+    if batch_size is not None:
+        logits_ds = tf.data.Dataset.from_tensor_slices(everything)
+    else:
+        sizes = [len(batch) for batch in logits]
+        if all(size == sizes[0] for size in sizes[:-1]) and sizes[-1] <= sizes[0]:
+            logits_ds = tf.data.Dataset.from_tensor_slices(everything).batch(sizes[0])
+        else:  # irregular batches: one slice per batch
+            bounds = np.cumsum([0, *sizes])
+            ragged = tf.RaggedTensor.from_row_splits(everything, bounds)
+            logits_ds = tf.data.Dataset.from_tensor_slices(ragged).map(
+                lambda row: row.to_tensor() if isinstance(row, tf.RaggedTensor) else row
+            )
+    return tf.data.Dataset.zip((dataset, logits_ds)).map(
+        lambda xy, z: (xy[0], xy[1], z), deterministic=True
+    )

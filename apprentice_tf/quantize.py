@@ -1,0 +1,291 @@
+"""`quantize_model`: a float Keras model in, a quantization-aware low-precision model out.
+
+Built on tfmot's annotate/apply API: the chosen Conv2D, DepthwiseConv2D and Dense layers are
+annotated with `TernaryQuantizeConfig` or `NBitQuantizeConfig`, every ReLU-type activation layer
+with `ActivationQuantizeConfig`, and `tfmot.quantization.keras.quantize_apply` builds the model.
+Layers not annotated (the first conv and last dense by default, BatchNormalization, pooling, Add)
+stay float in Keras; the TFLite converter folds BatchNormalization into the preceding kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import tensorflow_model_optimization as tfmot
+
+from apprentice_tf.compat import check_keras_object, keras
+from apprentice_tf.configs import (
+    ActivationQuantizeConfig,
+    NBitQuantizeConfig,
+    TernaryQuantizeConfig,
+    _DepthwiseKernel,
+    kernel_attribute,
+)
+from apprentice_tf.quantizers import (
+    ActivationQuantizer,
+    TernaryWeightQuantizer,
+    UniformWeightQuantizer,
+)
+
+__all__ = ["quantize_model", "quantize_scope", "custom_objects", "WEIGHT_BITS", "ACTIVATION_BITS"]
+
+WEIGHT_BITS = ("ternary", 2, 4, 8)
+ACTIVATION_BITS = (8, 4, None)
+
+
+def custom_objects() -> dict[str, type]:
+    """Every class apprentice_tf adds to a saved model, by the name Keras stores it under."""
+    classes = (
+        TernaryQuantizeConfig,
+        NBitQuantizeConfig,
+        ActivationQuantizeConfig,
+        TernaryWeightQuantizer,
+        UniformWeightQuantizer,
+        ActivationQuantizer,
+    )
+    objects = {cls.__name__: cls for cls in classes}
+    objects.update({f"apprentice_tf>{cls.__name__}": cls for cls in classes})
+    return objects
+
+
+@contextlib.contextmanager
+def quantize_scope() -> Iterator[None]:
+    """tfmot's `quantize_scope` extended with apprentice_tf's configs and quantizers.
+
+    Load (and save) any model made by `quantize_model` inside it::
+
+        with atf.quantize_scope():
+            model = keras.models.load_model("student.keras")
+    """
+    with tfmot.quantization.keras.quantize_scope(custom_objects()):
+        yield
+
+
+def _is_relu(layer: keras.layers.Layer) -> bool:
+    if isinstance(layer, keras.layers.ReLU):
+        return True
+    if isinstance(layer, keras.layers.Activation):
+        return getattr(layer.activation, "__name__", "") in ("relu", "relu6")
+    return False
+
+
+def _weight_config(
+    weight_bits: str | int, activation_bits: int | None, quantize_output: bool
+) -> TernaryQuantizeConfig | NBitQuantizeConfig:
+    if weight_bits == "ternary":
+        return TernaryQuantizeConfig(
+            activation_bits=activation_bits, quantize_output=quantize_output
+        )
+    return NBitQuantizeConfig(
+        num_bits=weight_bits, activation_bits=activation_bits, quantize_output=quantize_output
+    )
+
+
+def _is_plain_relu_config(layer_config: dict) -> bool:
+    config = layer_config["config"]
+    if layer_config["class_name"] == "ReLU":
+        return (
+            config.get("max_value") is None
+            and not config.get("negative_slope")
+            and not config.get("threshold")
+        )
+    return layer_config["class_name"] == "Activation" and config.get("activation") == "relu"
+
+
+def fold_standalone_relus(model: keras.Model, layer_names: set[str]) -> keras.Model:
+    """Return `model` with each ReLU that alone follows a layer in `layer_names` folded into it.
+
+    ``Conv2D(...) → ReLU()`` becomes ``Conv2D(..., activation="relu")`` (same weights, same
+    outputs). The TFLite converter (TF 2.21, measured) re-quantizes the kernel of a Conv/Dense
+    followed by a separate ReLU from the float weights, losing the low-precision levels, while it
+    keeps them when the ReLU is the layer's own activation; tfmot's default scheme makes a
+    similar layout change. Returns `model` itself when there is nothing to fold.
+    """
+    config = model.get_config()
+    by_name = {layer["name"]: layer for layer in config["layers"]}
+    folded: dict[str, str] = {}
+    for layer in config["layers"]:
+        inbound = layer.get("inbound_nodes") or []
+        if not _is_plain_relu_config(layer) or len(inbound) != 1 or len(inbound[0]) != 1:
+            continue
+        source = inbound[0][0][0]
+        if (
+            source in layer_names
+            and len(_consumers(model.get_layer(source))) == 1
+            and by_name[source]["config"].get("activation") == "linear"
+        ):
+            folded[layer["name"]] = source
+    if not folded:
+        return model
+    for relu, source in folded.items():
+        by_name[source]["config"]["activation"] = "relu"
+        config["layers"].remove(by_name[relu])
+    for layer in config["layers"]:
+        for node in layer.get("inbound_nodes") or []:
+            for tensor in node:
+                tensor[0] = folded.get(tensor[0], tensor[0])
+    for output in config["output_layers"]:
+        output[0] = folded.get(output[0], output[0])
+    rebuilt = keras.Model.from_config(config)
+    for layer in rebuilt.layers:
+        layer.set_weights(model.get_layer(layer.name).get_weights())
+    return rebuilt
+
+
+def _consumers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    return [node.outbound_layer for node in layer._outbound_nodes]  # noqa: SLF001
+
+
+def _output_quantization_points(
+    model: keras.Model, low_precision: set[str]
+) -> tuple[set[str], set[str]]:
+    """Where the output of each low-precision layer's fused chain gets its quantizer.
+
+    TFLite fuses Conv/Dense → BatchNormalization → ReLU into one integer op, and keeps a FakeQuant
+    kernel as integers only if that op's output is quantized. ReLUs are always quantized; this
+    returns (layers to quantize at their own output, BatchNormalization layers to quantize):
+    a BatchNormalization that is not followed by a ReLU (a residual branch before Add), and a
+    layer whose output goes anywhere but a BatchNormalization (measured on TF 2.21: a
+    Conv/Dense followed by a separate ReLU loses its levels otherwise).
+    """
+    own_output: set[str] = set()
+    batch_norm: set[str] = set()
+    for name in low_precision:
+        layer = model.get_layer(name)
+        if getattr(layer.activation, "__name__", "linear") != "linear":
+            continue
+        consumers = _consumers(layer)
+        if len(consumers) == 1 and isinstance(consumers[0], keras.layers.BatchNormalization):
+            after = _consumers(consumers[0])
+            if not (len(after) == 1 and _is_relu(after[0])):
+                batch_norm.add(consumers[0].name)
+        else:
+            own_output.add(name)
+    return own_output, batch_norm
+
+
+def _check_bits(weight_bits: Any, activation_bits: Any) -> None:
+    if isinstance(weight_bits, bool) or weight_bits not in WEIGHT_BITS:
+        raise ValueError(
+            f"quantize_model: `weight_bits` must be one of {WEIGHT_BITS}, received "
+            f"{weight_bits!r}. Use 'ternary' for TWN ternary weights or 4 for 15-level weights."
+        )
+    if isinstance(activation_bits, bool) or activation_bits not in ACTIVATION_BITS:
+        raise ValueError(
+            f"quantize_model: `activation_bits` must be one of {ACTIVATION_BITS}, received "
+            f"{activation_bits!r}. None keeps activations float."
+        )
+
+
+def low_precision_layer_names(
+    model: keras.Model, keep_first_last: bool = True, skip: Iterable[str] = ()
+) -> list[str]:
+    """Names of the layers `quantize_model` gives low-precision weights, in model order.
+
+    All Conv2D, DepthwiseConv2D and Dense layers, less the first conv/dense layer and the last
+    Dense layer when `keep_first_last` (Mishra & Marr keep both in full precision), less `skip`.
+    """
+    candidates = [layer for layer in model.layers if kernel_attribute(layer) is not None]
+    skipped = set(skip)
+    if keep_first_last and candidates:
+        skipped.add(candidates[0].name)
+        dense = [layer for layer in candidates if isinstance(layer, keras.layers.Dense)]
+        if dense:
+            skipped.add(dense[-1].name)
+    return [layer.name for layer in candidates if layer.name not in skipped]
+
+
+def quantize_model(
+    model: keras.Model,
+    weight_bits: str | int = "ternary",
+    activation_bits: int | None = 8,
+    keep_first_last: bool = True,
+    skip: Iterable[str] = (),
+) -> keras.Model:
+    """Return a quantization-aware copy of `model` with low-precision weights and activations.
+
+    Weights of every Conv2D, DepthwiseConv2D and Dense layer except the first conv and the last
+    dense (`keep_first_last`) and the layers named in `skip` become ternary (TWN: Δ_c =
+    0.7·mean|W_c|, α_c = mean{|w| > Δ_c}) or symmetric k-bit per output channel; the outputs of
+    ReLU layers become unsigned `activation_bits`-bit values (Mishra & Marr 2018). The float
+    model's weights are copied in, so a trained float network can be fine-tuned (scheme C).
+    Training uses straight-through gradients.
+
+    Args:
+      model: a Sequential or functional tf_keras model (residual connections and
+        BatchNormalization included).
+      weight_bits: "ternary", 2, 4 or 8.
+      activation_bits: 8, 4, or None for float activations.
+      keep_first_last: keep the first conv/dense and the last dense layer in float.
+      skip: names of further layers to keep in float.
+
+    Returns:
+      A new model (tfmot `QuantizeWrapperV2` layers, `quant_` name prefix); `model` is untouched.
+
+    Raises:
+      ValueError: bad bit widths, a `skip` name that is not a layer of `model`, a model with no
+        layer left to quantize, or a model that is not a tf_keras model (e.g. Keras 3).
+    """
+    _check_bits(weight_bits, activation_bits)
+    check_keras_object(model, "model")
+    skip = tuple(skip) if not isinstance(skip, str) else (skip,)
+    names = {layer.name for layer in model.layers}
+    unknown = [name for name in skip if name not in names]
+    if unknown:
+        raise ValueError(
+            f"quantize_model: `skip` names {unknown}, which are not layers of model "
+            f"'{model.name}'. Its layers are: {sorted(names)}."
+        )
+    if not (isinstance(model, keras.Sequential) or model._is_graph_network):
+        raise ValueError(
+            f"quantize_model: model '{model.name}' is a subclassed model; tfmot needs a "
+            "Sequential or functional model. Rebuild it with the functional API."
+        )
+    low_precision = set(low_precision_layer_names(model, keep_first_last, skip))
+    if not low_precision:
+        raise ValueError(
+            f"quantize_model: model '{model.name}' has no Conv2D, DepthwiseConv2D or Dense layer "
+            f"left to quantize (keep_first_last={keep_first_last}, skip={list(skip)}). Pass "
+            "keep_first_last=False or a model with more layers."
+        )
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"quantize_model: Sequential model '{model.name}' has no known input shape. "
+                "Start it with `keras.Input(shape=...)` or build it first."
+            )
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    model = fold_standalone_relus(model, low_precision)
+    own_output, batch_norm = _output_quantization_points(model, low_precision)
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+
+    def annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        clone = layer.__class__.from_config(layer.get_config())
+        if layer.name in low_precision:
+            config = _weight_config(weight_bits, activation_bits, layer.name in own_output)
+            return annotate(clone, quantize_config=config)
+        if activation_bits is not None and (_is_relu(layer) or layer.name in batch_norm):
+            return annotate(clone, quantize_config=ActivationQuantizeConfig(activation_bits))
+        return clone
+
+    annotated = keras.models.clone_model(model, clone_function=annotate_layer)
+    for source, target in zip(model.layers, annotated.layers, strict=True):
+        getattr(target, "layer", target).set_weights(source.get_weights())
+    with quantize_scope():
+        quantized = tfmot.quantization.keras.quantize_apply(annotated)
+    refresh_weight_ranges(quantized)
+    return quantized
+
+
+def refresh_weight_ranges(model: keras.Model) -> None:
+    """Set every low-precision kernel's stored scale α_c (or s_c) from its current weights.
+
+    Training refreshes these at every step; call this after writing kernels by hand
+    (`set_weights` on the float kernels only) so inference and TFLite use matching scales.
+    """
+    for layer in model.layers:
+        for weight, quantizer, quantizer_vars in getattr(layer, "_weight_vars", ()):
+            if "bound" in quantizer_vars or isinstance(quantizer, _DepthwiseKernel):
+                quantizer(weight, True, weights=quantizer_vars)

@@ -1,0 +1,332 @@
+"""Low-precision maths as plain functions, and the tfmot `Quantizer` classes that apply them.
+
+The functions hold the maths and their straight-through gradients (Bengio et al. 2013); the classes
+only hold settings, follow tfmot's `Quantizer` contract (`build` creates variables on the wrapper
+layer, `__call__` has no side effects on `self`) and end in TensorFlow's `FakeQuant*` ops, which is
+what the TFLite converter recognises and turns into integer tensors.
+
+Weights (Mishra & Marr 2018, METHODS.md §1), per output channel c:
+
+* ternary (Li & Liu 2016, TWN): Δ_c = t·mean|W_c| (``threshold_rule="mean"``, t = 0.7) or
+  Δ_c = t·max|W_c| (``threshold_rule="max"``, TTQ uses t = 0.05);
+  α_c = mean{|w| : |w| > Δ_c}; w_t = α_c·sign(w)·[|w| > Δ_c].
+* k-bit uniform: s_c = max|W_c|, L = 2^(k−1) − 1, w_q = s_c·round(clip(w/s_c, −1, 1)·L)/L
+  (2L + 1 levels: 3 for k = 2, 15 for k = 4, 255 for k = 8).
+
+Activations: x_q = round(clip(x, 0, m)·(2^k − 1)/m)·m/(2^k − 1), m a moving average of the batch
+maximum (tfmot's moving-average range tracking).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow_model_optimization as tfmot
+
+from apprentice_tf.compat import keras, tf
+
+__all__ = [
+    "ternarize",
+    "quantize_uniform",
+    "quantize_activation",
+    "channel_reduce_axes",
+    "TernaryWeightQuantizer",
+    "UniformWeightQuantizer",
+    "ActivationQuantizer",
+]
+
+THRESHOLD_RULES = ("mean", "max")
+_EPSILON = 1e-12
+
+
+def channel_reduce_axes(rank: int, per_channel: bool) -> list[int]:
+    """Axes to reduce over so that one statistic remains per output channel (the last axis).
+
+    Conv2D kernels are (h, w, in, out), Dense kernels (in, out) and DepthwiseConv2D kernels
+    (h, w, in, multiplier) once flattened to (h, w, 1, in·multiplier) by the caller.
+    """
+    return list(range(rank - 1)) if per_channel else list(range(rank))
+
+
+def _straight_through(x: tf.Tensor, quantized: tf.Tensor) -> tf.Tensor:
+    """Return `quantized` in the forward pass with the identity gradient dq/dx = 1 (STE)."""
+    return x + tf.stop_gradient(quantized - x)
+
+
+def ternarize(
+    w: tf.Tensor,
+    threshold: float = 0.7,
+    threshold_rule: str = "mean",
+    per_channel: bool = True,
+) -> tf.Tensor:
+    """Ternarize weights to {−α_c, 0, +α_c} per output channel (last axis).
+
+    Δ_c = threshold·mean|W_c| for ``threshold_rule="mean"`` (TWN, Li & Liu 2016) or
+    threshold·max|W_c| for ``"max"`` (TTQ, Zhu et al. 2017); α_c = mean{|w| : |w| > Δ_c}.
+    Gradient: straight-through, d w_t / d w = 1 (as TWN trains the latent float weights).
+
+    Args:
+      w: a kernel whose last axis is the output channel.
+      threshold: t in the rules above, > 0.
+      threshold_rule: "mean" or "max".
+      per_channel: one (Δ, α) per output channel, or one for the whole tensor.
+
+    Returns:
+      A tensor of w's shape holding at most three distinct values per output channel.
+    """
+    axes = channel_reduce_axes(w.shape.rank, per_channel)
+    magnitude = tf.abs(w)
+    if threshold_rule == "mean":
+        delta = threshold * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
+    elif threshold_rule == "max":
+        delta = threshold * tf.reduce_max(magnitude, axis=axes, keepdims=True)
+    else:
+        raise ValueError(
+            f"`threshold_rule` must be one of {THRESHOLD_RULES}, received {threshold_rule!r}."
+        )
+    kept = tf.cast(magnitude > delta, w.dtype)
+    alpha = tf.reduce_sum(magnitude * kept, axis=axes, keepdims=True) / tf.maximum(
+        tf.reduce_sum(kept, axis=axes, keepdims=True), 1.0
+    )
+    return _straight_through(w, alpha * tf.sign(w) * kept)
+
+
+def quantize_uniform(w: tf.Tensor, num_bits: int = 4, per_channel: bool = True) -> tf.Tensor:
+    """Symmetric uniform quantization with 2^(k−1) − 1 positive levels per output channel.
+
+    s_c = max|W_c|, L = 2^(k−1) − 1, w_q = s_c·round(clip(w/s_c, −1, 1)·L)/L.
+    Gradient: straight-through, d w_q / d w = 1 inside [−s_c, s_c] (everything, as s_c = max|W_c|).
+
+    Args:
+      w: a kernel whose last axis is the output channel.
+      num_bits: k, 2 to 8.
+      per_channel: one scale per output channel, or one for the whole tensor.
+    """
+    levels = float(2 ** (num_bits - 1) - 1)
+    axes = channel_reduce_axes(w.shape.rank, per_channel)
+    scale = tf.maximum(tf.reduce_max(tf.abs(w), axis=axes, keepdims=True), _EPSILON)
+    quantized = scale * tf.round(tf.clip_by_value(w / scale, -1.0, 1.0) * levels) / levels
+    return _straight_through(w, quantized)
+
+
+def quantize_activation(x: tf.Tensor, num_bits: int, clip_max: tf.Tensor | float) -> tf.Tensor:
+    """Unsigned uniform activation quantization: round(clip(x, 0, m)·(2^k − 1)/m)·m/(2^k − 1).
+
+    TensorFlow's `fake_quant_with_min_max_vars` computes exactly this for min = 0 and carries the
+    straight-through gradient: 1 for 0 ≤ x ≤ m, 0 outside (and gradients for m itself).
+    """
+    return tf.quantization.fake_quant_with_min_max_vars(
+        x, 0.0, clip_max, num_bits=num_bits, narrow_range=False
+    )
+
+
+def _check_positive_int(name: str, value: Any, owner: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(
+            f"{owner}: `{name}` must be an integer in [{low}, {high}], received {value!r}."
+        )
+
+
+class SettingsEquality:
+    """Config round trip, equality, hashing and repr for objects defined by `get_config()`."""
+
+    def get_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({settings})"
+
+
+class _SettingsQuantizer(SettingsEquality, tfmot.quantization.keras.quantizers.Quantizer):
+    """A tfmot Quantizer defined entirely by its settings."""
+
+
+class _SymmetricWeightQuantizer(_SettingsQuantizer):
+    """Puts weights on a symmetric per-channel grid and marks the grid for the TFLite converter.
+
+    Subclasses give `quantize(w)`, returning values on the grid a_c·i/L, i ∈ [−L, L],
+    L = 2^(k−1) − 1, with k = `storage_bits`. The result then goes through
+    `fake_quant_with_min_max_vars_per_channel(q, −a_c, a_c, k, narrow_range=True)`, whose levels
+    are exactly that grid, so values pass unchanged and the converter stores the kernel as int8
+    with scale a_c/L. The converter needs a_c as a constant, so a_c = max|q_c| is kept in a
+    non-trainable variable on the wrapper layer: refreshed from the weights at every training
+    step (tfmot's "last value" rule) and read at inference.
+
+    With `per_tensor_storage` (used for Dense kernels: the TF 2.21 converter rejects per-channel
+    FakeQuant on fully-connected kernels, "tfl.transpose op has mismatched quantized axes"), the
+    marker is one 8-bit grid max|q|·i/127 for the whole tensor: each channel keeps its 2L + 1
+    values, with a_c rounded to that grid (a relative error below 1/254 of the largest a_c).
+    """
+
+    storage_bits: int
+    per_channel: bool
+    per_tensor_storage: bool
+
+    @property
+    def _marker_per_channel(self) -> bool:
+        return self.per_channel and not self.per_tensor_storage
+
+    def quantize(self, w: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def build(self, tensor_shape: tf.TensorShape, name: str, layer: keras.layers.Layer) -> dict:
+        shape = (tensor_shape[-1],) if self._marker_per_channel else ()
+        bound = layer.add_weight(
+            f"{name}_bound",
+            shape=shape,
+            initializer=keras.initializers.Ones(),
+            trainable=False,
+        )
+        return {"bound": bound}
+
+    def __call__(self, inputs: tf.Tensor, training: bool, weights: dict, **kwargs) -> tf.Tensor:
+        q = self.quantize(inputs)
+        if training:
+            axes = channel_reduce_axes(q.shape.rank, self._marker_per_channel)
+            bound = tf.maximum(tf.reduce_max(tf.abs(q), axis=axes), _EPSILON)
+            weights["bound"].assign(tf.stop_gradient(bound))
+        else:
+            bound = weights["bound"]
+        bound = tf.stop_gradient(bound)
+        if self._marker_per_channel:
+            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                q, -bound, bound, num_bits=self.storage_bits, narrow_range=True
+            )
+        bits = self.storage_bits if not self.per_channel else 8
+        return tf.quantization.fake_quant_with_min_max_vars(
+            q, -bound, bound, num_bits=bits, narrow_range=True
+        )
+
+
+@keras.utils.register_keras_serializable(package="apprentice_tf")
+class TernaryWeightQuantizer(_SymmetricWeightQuantizer):
+    """Ternary weights {−α_c, 0, +α_c} per output channel (TWN rule by default).
+
+    See `ternarize` for the maths. Δ and α are recomputed from the latent float weights at every
+    call; the wrapper layer keeps α for the TFLite converter (see `_SymmetricWeightQuantizer`).
+
+    Args:
+      threshold: t in Δ_c = t·mean|W_c| (or t·max|W_c|); 0.7 is TWN's value.
+      per_channel: one (Δ, α) per output channel (default) or per tensor.
+      threshold_rule: "mean" (TWN) or "max" (TTQ-style, use threshold≈0.05).
+      per_tensor_storage: mark the levels on one int8 grid per tensor for TFLite (Dense kernels).
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.7,
+        per_channel: bool = True,
+        threshold_rule: str = "mean",
+        *,
+        per_tensor_storage: bool = False,
+    ) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise ValueError(
+                f"TernaryWeightQuantizer: `threshold` must be a number, received {threshold!r}."
+            )
+        if not 0.0 < threshold < (1.0 if threshold_rule == "max" else 2.0):
+            raise ValueError(
+                "TernaryWeightQuantizer: `threshold` must be in (0, 2) for the 'mean' rule and "
+                f"(0, 1) for the 'max' rule, received {threshold!r} with {threshold_rule!r}."
+            )
+        if threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(
+                f"TernaryWeightQuantizer: `threshold_rule` must be one of {THRESHOLD_RULES}, "
+                f"received {threshold_rule!r}."
+            )
+        self.threshold = float(threshold)
+        self.per_channel = bool(per_channel)
+        self.threshold_rule = threshold_rule
+        self.per_tensor_storage = bool(per_tensor_storage)
+
+    storage_bits = 2
+
+    def quantize(self, w: tf.Tensor) -> tf.Tensor:
+        return ternarize(w, self.threshold, self.threshold_rule, self.per_channel)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "per_channel": self.per_channel,
+            "threshold_rule": self.threshold_rule,
+            "per_tensor_storage": self.per_tensor_storage,
+        }
+
+
+@keras.utils.register_keras_serializable(package="apprentice_tf")
+class UniformWeightQuantizer(_SymmetricWeightQuantizer):
+    """Symmetric k-bit weights with 2^(k−1) − 1 positive levels per output channel.
+
+    See `quantize_uniform` for the maths; 4 bits give 15 levels, 2 bits give 3 (max-scaled, unlike
+    TWN's mean-scaled ternary), 8 bits give 255.
+
+    Args:
+      num_bits: k, 2 to 8.
+      per_channel: one scale per output channel (default) or per tensor.
+      per_tensor_storage: mark the levels on one int8 grid per tensor for TFLite (Dense kernels).
+    """
+
+    def __init__(
+        self, num_bits: int = 4, per_channel: bool = True, *, per_tensor_storage: bool = False
+    ) -> None:
+        _check_positive_int("num_bits", num_bits, "UniformWeightQuantizer", 2, 8)
+        self.num_bits = num_bits
+        self.per_channel = bool(per_channel)
+        self.per_tensor_storage = bool(per_tensor_storage)
+
+    @property
+    def storage_bits(self) -> int:
+        return self.num_bits
+
+    def quantize(self, w: tf.Tensor) -> tf.Tensor:
+        return quantize_uniform(w, self.num_bits, self.per_channel)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "num_bits": self.num_bits,
+            "per_channel": self.per_channel,
+            "per_tensor_storage": self.per_tensor_storage,
+        }
+
+
+@keras.utils.register_keras_serializable(package="apprentice_tf")
+class ActivationQuantizer(_SettingsQuantizer):
+    """k-bit activations on [min, m], the range tracked by a moving average (tfmot's rule).
+
+    After a ReLU the tracked minimum is 0, so this is `quantize_activation` with m the moving
+    average (decay 0.999) of the batch maximum; the range variables live on the wrapper layer and
+    are saved with the model. Gradient: straight-through inside the range, zero outside.
+
+    Args:
+      num_bits: k, 2 to 8 (the paper uses 8 or 4).
+    """
+
+    def __init__(self, num_bits: int = 8) -> None:
+        _check_positive_int("num_bits", num_bits, "ActivationQuantizer", 2, 8)
+        self.num_bits = num_bits
+        self._tracker = tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+            num_bits=num_bits, per_axis=False, symmetric=False, narrow_range=False
+        )
+
+    def build(self, tensor_shape: tf.TensorShape, name: str, layer: keras.layers.Layer) -> dict:
+        return self._tracker.build(tensor_shape, name, layer)
+
+    def __call__(self, inputs: tf.Tensor, training: bool, weights: dict, **kwargs) -> tf.Tensor:
+        return self._tracker(inputs, training, weights, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_bits": self.num_bits}
