@@ -11,7 +11,16 @@ All Keras objects come from `tf_keras` (Keras 2), the Keras that tensorflow-mode
 uses; see `apprentice_tf.compat`.
 """
 
-from apprentice_tf import compat, data, losses, models, tflite
+from apprentice_tf import (
+    compat,
+    data,
+    hardware,
+    losses,
+    models,
+    progressive,
+    pruning,
+    tflite,
+)
 from apprentice_tf.configs import (
     ActivationQuantizeConfig,
     NBitQuantizeConfig,
@@ -42,8 +51,11 @@ __all__ = [
     "compat",
     "custom_objects",
     "data",
+    "hardware",
     "losses",
     "models",
+    "progressive",
+    "pruning",
     "quantize_activation",
     "quantize_model",
     "quantize_scope",

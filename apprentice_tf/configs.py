@@ -22,6 +22,7 @@ from apprentice_tf.quantizers import (
 )
 
 __all__ = [
+    "NoOpQuantizeConfig",
     "TernaryQuantizeConfig",
     "NBitQuantizeConfig",
     "ActivationQuantizeConfig",
@@ -235,3 +236,33 @@ class ActivationQuantizeConfig(SettingsEquality, _QuantizeConfig):
 
     def get_config(self) -> dict[str, Any]:
         return {"num_bits": self.num_bits}
+
+
+@keras.utils.register_keras_serializable(package="apprentice_tf")
+class NoOpQuantizeConfig(SettingsEquality, _QuantizeConfig):
+    """Quantizes nothing; marks a layer (an Add before a ReLU) as part of an integer op.
+
+    Without it, tfmot gives a layer that feeds a quantized layer its own 8-bit output quantizer;
+    before a quantized ReLU that splits Add + ReLU into two integer ops with different ranges,
+    which the TFLite converter rejects for 4-bit activations.
+    """
+
+    def get_weights_and_quantizers(self, layer: keras.layers.Layer) -> list:
+        return []
+
+    def get_activations_and_quantizers(self, layer: keras.layers.Layer) -> list:
+        return []
+
+    def set_quantize_weights(self, layer: keras.layers.Layer, quantize_weights: list) -> None:
+        pass
+
+    def set_quantize_activations(
+        self, layer: keras.layers.Layer, quantize_activations: list
+    ) -> None:
+        pass
+
+    def get_output_quantizers(self, layer: keras.layers.Layer) -> list:
+        return []
+
+    def get_config(self) -> dict[str, Any]:
+        return {}

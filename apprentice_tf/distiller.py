@@ -22,25 +22,33 @@ Usage::
     d = Distiller(student, teacher, alpha=1.0, beta=0.5, gamma=0.5, temperature=1.0)
     d.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), metrics=["accuracy"])
     d.fit(train_ds, validation_data=val_ds, epochs=..., callbacks=[...])
-    d.student.save("student.keras")        # the deployable network
+    deployable = d.student                 # the network to save and convert
 
 Running on a cluster
 --------------------
 Build and compile the Distiller inside ``strategy.scope()`` (`tf.distribute.MirroredStrategy`
 for several devices, `tf.distribute.MultiWorkerMirroredStrategy` for several machines, with
 ``TF_CONFIG`` set on each worker before TensorFlow starts) and pass ``fit`` a dataset batched by
-the *global* batch size; Keras splits every batch between the replicas. Each replica divides its
-per-example losses by the global batch size (an all-reduce of the replicas' batch sizes, so an
-uneven last batch is exact too) and the optimizers sum the replicas' gradients, so a step equals
-the single-device step on the same global batch. The metrics average per-example values over all
-replicas. Only the chief should write checkpoints and logs (Keras's callbacks handle this); use
-`keras.callbacks.BackupAndRestore` to resume after a worker is pre-empted: it also restores the
-teacher's optimizer in scheme A. With `cache_teacher_logits`, cache on one worker and save the
-logits, or cache on each worker from the same deterministic dataset, before distributing.
+the *global* batch size; Keras splits every batch between the replicas.
+
+- Each replica divides its per-example losses by the global batch size (an all-reduce of the
+  replicas' batch sizes, so an uneven last batch is exact too) and the optimizers sum the
+  replicas' gradients: a step equals the single-device step on the same global batch.
+- The metrics average per-example values over all replicas and workers, reported once (the
+  Distiller's ``distribute_reduction_method`` is "first"; Keras's default would add up the
+  workers' identical copies).
+- BatchNormalization in a network that trains normalises each replica's share of the batch
+  (as in any Keras model); a frozen teacher's BatchNorm uses its moving statistics.
+- Only the chief writes checkpoints and logs (Keras's callbacks see to it). Use
+  `keras.callbacks.BackupAndRestore` to resume after a worker is pre-empted: it restores both
+  networks and, in scheme A, the teacher's optimizer too.
+- With `cache_teacher_logits`, cache on each worker from the same deterministic dataset before
+  distributing, or cache once and save the logits.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Any
@@ -123,9 +131,10 @@ def _global_batch_size(x: Any) -> tf.Tensor:
 
 
 def _regularization(model: keras.Model | None) -> tf.Tensor:
+    """The sum of a network's regularization losses (weight penalties), float32."""
     if model is None or not model.losses:
         return tf.constant(0.0)
-    return tf.nn.scale_regularization_loss(tf.add_n([tf.cast(v, tf.float32) for v in model.losses]))
+    return tf.add_n([tf.cast(v, tf.float32) for v in model.losses])
 
 
 def _copy_optimizer(optimizer: Any) -> Any:
@@ -295,11 +304,17 @@ class Distiller(keras.Model):
         self._default_teacher_optimizer = teacher_optimizer is None
         self.teacher_optimizer = teacher_optimizer
 
+        # The logs are metric results, already aggregated over all replicas and workers; Keras's
+        # default ("auto" = "sum" off TPU) would add up the workers' copies under
+        # MultiWorkerMirroredStrategy.
+        self.distribute_reduction_method = "first"
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.student_ce_tracker = keras.metrics.Mean(name="student_ce")
         self.distillation_tracker = keras.metrics.Mean(name="distillation")
         self.teacher_ce_tracker = keras.metrics.Mean(name="teacher_ce")
         self.teacher_accuracy = keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")
+        if student.built:  # its variables exist: saving needs no sample call first
+            self.built = True
 
     @staticmethod
     def _check_temperature(temperature: Any) -> float:
@@ -334,9 +349,31 @@ class Distiller(keras.Model):
                 "beta=, gamma=, temperature=); do not pass `loss` or `loss_weights` (received "
                 f"loss={loss!r}, loss_weights={kwargs.get('loss_weights')!r})."
             )
+        # Batches of (x, y, teacher_logits) look like sample-weighted data to Keras; an explicit
+        # (empty) weighted_metrics silences its warning about that.
+        kwargs.setdefault("weighted_metrics", [])
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
         if self.train_teacher and self._default_teacher_optimizer:
             self.teacher_optimizer = _copy_optimizer(self.optimizer)
+        self._build_optimizers()
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Re-compile when a saved Distiller is loaded (`keras.models.load_model`)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
+    def _build_optimizers(self) -> None:
+        """Create each optimizer's slots for its own network's variables now.
+
+        Otherwise Keras code that builds ``optimizer`` for the whole model (BackupAndRestore,
+        loading a ``.keras`` file) would give the student's optimizer slots for the teacher's
+        variables, and the teacher's optimizer state could only be restored lazily.
+        """
+        pairs = [(self.optimizer, self.student)]
+        if self.train_teacher:
+            pairs.append((self.teacher_optimizer, self.teacher))
+        for optimizer, network in pairs:
+            if network.built and isinstance(optimizer, keras.optimizers.Optimizer):
+                optimizer.build(network.trainable_variables)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -390,10 +427,11 @@ class Distiller(keras.Model):
         """Student logits and the per-example terms that apply to this step."""
         student_logits = self.student(x, training=training)
         teacher_logits = cached
-        if teacher_logits is None and self.teacher is not None:
-            if not training or self.gamma > 0 or self.train_teacher:
-                train_it = training and self.train_teacher
-                teacher_logits = tf.cast(self.teacher(x, training=train_it), tf.float32)
+        # In training, a frozen teacher is only run when its logits are used (gamma > 0).
+        needed = not training or self.gamma > 0 or self.train_teacher
+        if teacher_logits is None and self.teacher is not None and needed:
+            train_it = training and self.train_teacher
+            teacher_logits = tf.cast(self.teacher(x, training=train_it), tf.float32)
         if teacher_logits is None and training and self.gamma > 0:
             raise ValueError(
                 "Distiller: gamma > 0 needs teacher logits, but there is no teacher and the data "
@@ -416,6 +454,11 @@ class Distiller(keras.Model):
                 self.teacher_accuracy.update_state(
                     _sparse_labels(tf.convert_to_tensor(y), teacher_logits), teacher_logits
                 )
+        if not terms:
+            raise ValueError(
+                "Distiller: nothing to compute: the data has no labels and there are no teacher "
+                "logits (no teacher, no third element). Yield (x, y) or (x, y, teacher_logits)."
+            )
         return student_logits, terms
 
     def _student_per_example(self, terms: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -471,21 +514,24 @@ class Distiller(keras.Model):
         with tf.GradientTape(persistent=True) as tape:
             student_logits, terms = self._terms(x, y, cached, training=True)
             student_per_example = self._student_per_example(terms)
+            # Weight penalties are the same on every replica: each adds its 1/replicas share.
+            penalty = _regularization(self.student)
             student_loss = tf.nn.compute_average_loss(
                 student_per_example, global_batch_size=global_batch
-            ) + _regularization(self.student)
+            ) + tf.nn.scale_regularization_loss(penalty)
             if self.train_teacher:
                 teacher_per_example = self.alpha * terms["teacher_ce"]
+                teacher_penalty = _regularization(self.teacher)
                 teacher_loss = tf.nn.compute_average_loss(
                     teacher_per_example, global_batch_size=global_batch
-                ) + _regularization(self.teacher)
+                ) + tf.nn.scale_regularization_loss(teacher_penalty)
         self.optimizer.minimize(student_loss, self.student.trainable_variables, tape=tape)
-        total = student_per_example + _unscaled_regularization(self.student)
+        total = student_per_example + penalty
         if self.train_teacher:
             self.teacher_optimizer.minimize(
                 teacher_loss, self.teacher.trainable_variables, tape=tape
             )
-            total += teacher_per_example + _unscaled_regularization(self.teacher)
+            total += teacher_per_example + teacher_penalty
         del tape
         return self._logs(y, student_logits, terms, total)
 
@@ -493,9 +539,9 @@ class Distiller(keras.Model):
         """Evaluate the student (and the teacher, if there is one) in inference mode."""
         x, y, cached = self._unpack(data)
         student_logits, terms = self._terms(x, y, cached, training=False)
-        total = self._student_per_example(terms) + _unscaled_regularization(self.student)
+        total = self._student_per_example(terms) + _regularization(self.student)
         if self.train_teacher and "teacher_ce" in terms:
-            total += self.alpha * terms["teacher_ce"] + _unscaled_regularization(self.teacher)
+            total += self.alpha * terms["teacher_ce"] + _regularization(self.teacher)
         return self._logs(y, student_logits, terms, total)
 
     # ----------------------------------------------------------------------------------------
@@ -523,7 +569,7 @@ class Distiller(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Distiller:
         """Rebuild from `get_config`; load quantized students inside `quantize_scope()`."""
-        config = dict(config)
+        config = copy.deepcopy(config)  # deserializers (tfmot's) edit nested dicts in place
         config["student"] = keras.saving.deserialize_keras_object(
             config["student"], custom_objects=custom_objects
         )
@@ -591,12 +637,6 @@ class Distiller(keras.Model):
         )
         teacher.trainable = False
         return cls(student, teacher, train_teacher=False, **distiller_kwargs)
-
-
-def _unscaled_regularization(model: keras.Model | None) -> tf.Tensor:
-    if model is None or not model.losses:
-        return tf.constant(0.0)
-    return tf.add_n([tf.cast(v, tf.float32) for v in model.losses])
 
 
 # --------------------------------------------------------------------------------------------
@@ -670,7 +710,10 @@ def cache_teacher_logits(
     passes (shuffling that reshuffles each pass, unseeded random augmentation). Limits of the
     detection: only the first batch is compared, so a pipeline that shuffles or augments only
     later elements, or whose randomness repeats on the second pass but not the third, is not
-    caught. Shuffle *after* caching: cache unbatched data with ``batch_size``, then call
+    caught. A stateful random op (``tf.random.normal``) in a ``map`` under a global seed
+    (``keras.utils.set_random_seed``) repeats the same values on every pass: that pipeline is
+    deterministic, is accepted, and its logits are correctly paired (but each example keeps one
+    augmented view). Shuffle *after* caching: cache unbatched data with ``batch_size``, then call
     ``.shuffle(...).batch(...)`` on the result.
 
     Args:
@@ -761,6 +804,4 @@ def cache_teacher_logits(
             logits_ds = tf.data.Dataset.from_tensor_slices(ragged).map(
                 lambda row: row.to_tensor() if isinstance(row, tf.RaggedTensor) else row
             )
-    return tf.data.Dataset.zip((dataset, logits_ds)).map(
-        lambda xy, z: (xy[0], xy[1], z), deterministic=True
-    )
+    return tf.data.Dataset.zip((dataset, logits_ds)).map(lambda xy, z: (xy[0], xy[1], z))

@@ -15,10 +15,11 @@ from typing import Any
 
 import tensorflow_model_optimization as tfmot
 
-from apprentice_tf.compat import check_keras_object, keras
+from apprentice_tf.compat import check_keras_object, keras, tf
 from apprentice_tf.configs import (
     ActivationQuantizeConfig,
     NBitQuantizeConfig,
+    NoOpQuantizeConfig,
     TernaryQuantizeConfig,
     _DepthwiseKernel,
     kernel_attribute,
@@ -36,17 +37,24 @@ ACTIVATION_BITS = (8, 4, None)
 
 
 def custom_objects() -> dict[str, type]:
-    """Every class apprentice_tf adds to a saved model, by the name Keras stores it under."""
+    """Every class apprentice_tf adds to a saved model (quantization and progressive branches).
+
+    Keyed by the names Keras stores them under; `quantize_scope()` makes them all loadable.
+    """
     classes = (
         TernaryQuantizeConfig,
         NBitQuantizeConfig,
         ActivationQuantizeConfig,
+        NoOpQuantizeConfig,
         TernaryWeightQuantizer,
         UniformWeightQuantizer,
         ActivationQuantizer,
     )
+    from apprentice_tf import progressive  # imports this module: import here, not at the top
+
     objects = {cls.__name__: cls for cls in classes}
     objects.update({f"apprentice_tf>{cls.__name__}": cls for cls in classes})
+    objects.update(progressive.custom_objects())
     return objects
 
 
@@ -132,6 +140,52 @@ def fold_standalone_relus(model: keras.Model, layer_names: set[str]) -> keras.Mo
     for layer in rebuilt.layers:
         layer.set_weights(model.get_layer(layer.name).get_weights())
     return rebuilt
+
+
+def _inbound(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    return [
+        inbound
+        for node in layer._inbound_nodes  # noqa: SLF001
+        for inbound in tf.nest.flatten(node.inbound_layers)
+    ]
+
+
+def _adds_before_relus(model: keras.Model) -> set[str]:
+    """Add layers whose only consumer is a ReLU: TFLite fuses them into one ADD with RELU.
+
+    They get `NoOpQuantizeConfig`, so tfmot does not give them an 8-bit output quantizer of
+    their own, which would split the fused op (and, with 4-bit activations, fail to convert:
+    "tfl.relu op failed to verify that x and y must have same element type").
+    """
+    return {
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Add)
+        and len(_consumers(layer)) == 1
+        and _is_relu(_consumers(layer)[0])
+    }
+
+
+def _passthrough_layers(model: keras.Model, annotated: set[str]) -> set[str]:
+    """Weightless one-input layers (pooling, Flatten, Dropout, ...) that feed an annotated layer.
+
+    tfmot would give each an 8-bit output quantizer of its own; between activations quantized to
+    other widths that makes the converter reject the op ("input and output must have same
+    element type"). Marked with `NoOpQuantizeConfig`, they pass their input's quantization on.
+    """
+    marked: set[str] = set()
+    for name in annotated:
+        inbound = _inbound(model.get_layer(name))
+        while (
+            len(inbound) == 1
+            and inbound[0].name not in annotated | marked
+            and not isinstance(inbound[0], keras.layers.InputLayer)
+            and not inbound[0].weights
+            and len(_inbound(inbound[0])) == 1
+        ):
+            marked.add(inbound[0].name)
+            inbound = _inbound(inbound[0])
+    return marked
 
 
 def _consumers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -259,6 +313,11 @@ def quantize_model(
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     model = fold_standalone_relus(model, low_precision)
     own_output, batch_norm = _output_quantization_points(model, low_precision)
+    no_op: set[str] = set()
+    if activation_bits is not None:
+        no_op = _adds_before_relus(model)
+        relus = {layer.name for layer in model.layers if _is_relu(layer)}
+        no_op |= _passthrough_layers(model, low_precision | relus | batch_norm | no_op)
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
     def annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -268,6 +327,8 @@ def quantize_model(
             return annotate(clone, quantize_config=config)
         if activation_bits is not None and (_is_relu(layer) or layer.name in batch_norm):
             return annotate(clone, quantize_config=ActivationQuantizeConfig(activation_bits))
+        if layer.name in no_op:
+            return annotate(clone, quantize_config=NoOpQuantizeConfig())
         return clone
 
     annotated = keras.models.clone_model(model, clone_function=annotate_layer)
@@ -275,8 +336,29 @@ def quantize_model(
         getattr(target, "layer", target).set_weights(source.get_weights())
     with quantize_scope():
         quantized = tfmot.quantization.keras.quantize_apply(annotated)
+    _deduplicate_tracked_weights(quantized)
     refresh_weight_ranges(quantized)
     return quantized
+
+
+def _deduplicate_tracked_weights(model: keras.Model) -> None:
+    """Make each QuantizeWrapper track its weights as a wrapper rebuilt from config does.
+
+    After `quantize_apply`, a wrapper's own weight lists also hold its inner layer's weights
+    (and the wrapped kernel twice); one rebuilt by `from_config` holds only its quantizer
+    variables and the wrapped kernel. The .keras format writes these lists, so without this a
+    saved model refused to load ("expected 3 variables, but received 4").
+    """
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is None or not hasattr(layer, "_weight_vars"):
+            continue
+        wrapped = {id(weight) for weight, _, _ in layer._weight_vars}  # noqa: SLF001
+        owned_by_inner = {id(weight) for weight in inner.weights} - wrapped
+        for attribute in ("_trainable_weights", "_non_trainable_weights"):
+            tracked = getattr(layer, attribute)
+            unique = {id(w): w for w in tracked if id(w) not in owned_by_inner}
+            tracked[:] = list(unique.values())
 
 
 def refresh_weight_ranges(model: keras.Model) -> None:

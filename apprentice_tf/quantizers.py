@@ -19,6 +19,7 @@ maximum (tfmot's moving-average range tracking).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow_model_optimization as tfmot
@@ -48,9 +49,14 @@ def channel_reduce_axes(rank: int, per_channel: bool) -> list[int]:
     return list(range(rank - 1)) if per_channel else list(range(rank))
 
 
-def _straight_through(x: tf.Tensor, quantized: tf.Tensor) -> tf.Tensor:
-    """Return `quantized` in the forward pass with the identity gradient dq/dx = 1 (STE)."""
-    return x + tf.stop_gradient(quantized - x)
+def _straight_through(x: tf.Tensor, quantize: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """Return `quantize(x)` exactly in the forward pass, with the gradient dq/dx = 1 (STE)."""
+
+    @tf.custom_gradient
+    def forward(value: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
+        return quantize(value), lambda upstream: upstream
+
+    return forward(x)
 
 
 def ternarize(
@@ -74,21 +80,23 @@ def ternarize(
     Returns:
       A tensor of w's shape holding at most three distinct values per output channel.
     """
-    axes = channel_reduce_axes(w.shape.rank, per_channel)
-    magnitude = tf.abs(w)
-    if threshold_rule == "mean":
-        delta = threshold * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
-    elif threshold_rule == "max":
-        delta = threshold * tf.reduce_max(magnitude, axis=axes, keepdims=True)
-    else:
+    if threshold_rule not in THRESHOLD_RULES:
         raise ValueError(
             f"`threshold_rule` must be one of {THRESHOLD_RULES}, received {threshold_rule!r}."
         )
-    kept = tf.cast(magnitude > delta, w.dtype)
-    alpha = tf.reduce_sum(magnitude * kept, axis=axes, keepdims=True) / tf.maximum(
-        tf.reduce_sum(kept, axis=axes, keepdims=True), 1.0
-    )
-    return _straight_through(w, alpha * tf.sign(w) * kept)
+    axes = channel_reduce_axes(w.shape.rank, per_channel)
+
+    def quantize(value: tf.Tensor) -> tf.Tensor:
+        magnitude = tf.abs(value)
+        reduce = tf.reduce_mean if threshold_rule == "mean" else tf.reduce_max
+        delta = threshold * reduce(magnitude, axis=axes, keepdims=True)
+        kept = tf.cast(magnitude > delta, value.dtype)
+        alpha = tf.reduce_sum(magnitude * kept, axis=axes, keepdims=True) / tf.maximum(
+            tf.reduce_sum(kept, axis=axes, keepdims=True), 1.0
+        )
+        return alpha * tf.sign(value) * kept
+
+    return _straight_through(w, quantize)
 
 
 def quantize_uniform(w: tf.Tensor, num_bits: int = 4, per_channel: bool = True) -> tf.Tensor:
@@ -104,9 +112,12 @@ def quantize_uniform(w: tf.Tensor, num_bits: int = 4, per_channel: bool = True) 
     """
     levels = float(2 ** (num_bits - 1) - 1)
     axes = channel_reduce_axes(w.shape.rank, per_channel)
-    scale = tf.maximum(tf.reduce_max(tf.abs(w), axis=axes, keepdims=True), _EPSILON)
-    quantized = scale * tf.round(tf.clip_by_value(w / scale, -1.0, 1.0) * levels) / levels
-    return _straight_through(w, quantized)
+
+    def quantize(value: tf.Tensor) -> tf.Tensor:
+        scale = tf.maximum(tf.reduce_max(tf.abs(value), axis=axes, keepdims=True), _EPSILON)
+        return scale * tf.round(tf.clip_by_value(value / scale, -1.0, 1.0) * levels) / levels
+
+    return _straight_through(w, quantize)
 
 
 def quantize_activation(x: tf.Tensor, num_bits: int, clip_max: tf.Tensor | float) -> tf.Tensor:

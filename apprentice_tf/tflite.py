@@ -284,8 +284,10 @@ def convert(
 
     The converter runs with `Optimize.DEFAULT`, so FakeQuant kernels become integer tensors
     (ternary: 3 levels per channel, 4-bit: 15) and the layers `quantize_model` left float stay
-    float. With `representative_data`, the remaining float tensors are calibrated on it and the
-    model becomes full-integer (int8 activations everywhere; float input and output).
+    float. Activations quantized to fewer than 8 bits in Keras are stored and computed as int8
+    over the same learned ranges (LiteRT has no 4-bit activation kernels). With
+    `representative_data`, the remaining float tensors are calibrated on it and the model
+    becomes full-integer (int8 activations everywhere; float input and output).
 
     Args:
       model: a tf_keras model.
@@ -308,7 +310,7 @@ def convert(
     path = Path(path)
     if path.exists() and path.is_dir():
         raise ValueError(f"convert: `path` {str(path)!r} is a directory; pass a file name.")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(_with_int8_activations(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data)
@@ -333,6 +335,52 @@ def convert(
     if verify:
         _check_levels(model, weights, path)
     return path
+
+
+def _widen_activation_configs(config: Any) -> bool:
+    """Set every activation width below 8 in a serialized model config to 8; True if any."""
+    changed = False
+    if isinstance(config, dict):
+        name = str(config.get("class_name", "")).split(">")[-1]
+        settings = config.get("config")
+        if isinstance(settings, dict):
+            for key in _ACTIVATION_WIDTH_KEYS.get(name, ()):
+                if settings.get(key) is not None and settings[key] < 8:
+                    settings[key] = 8
+                    changed = True
+        for value in config.values():
+            changed = _widen_activation_configs(value) or changed
+    elif isinstance(config, list):
+        for value in config:
+            changed = _widen_activation_configs(value) or changed
+    return changed
+
+
+_ACTIVATION_WIDTH_KEYS = {
+    "ActivationQuantizeConfig": ("num_bits",),
+    "ActivationQuantizer": ("num_bits",),
+    "TernaryQuantizeConfig": ("activation_bits",),
+    "NBitQuantizeConfig": ("activation_bits",),
+}
+
+
+def _with_int8_activations(model: keras.Model) -> keras.Model:
+    """`model`, or a copy whose k < 8-bit activation quantizers store 8 bits, for export.
+
+    LiteRT has no kernels for 4-bit activations, and the TF 2.21 converter types a 4-bit
+    FakeQuant activation as i4, which CONV_2D and the other integer ops reject. The copy keeps
+    the learned ranges [min, m], so the file runs the same network with 255 activation levels
+    instead of 2^k − 1: `agreement` measures what that changes.
+    """
+    config = model.get_config()
+    if not _widen_activation_configs(config):
+        return model
+    from apprentice_tf.quantize import quantize_scope
+
+    with quantize_scope():
+        widened = model.__class__.from_config(config)
+    widened.set_weights(model.get_weights())
+    return widened
 
 
 def _representative(data: Any) -> Callable[[], Iterable[list[np.ndarray]]]:

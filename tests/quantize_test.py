@@ -1,0 +1,149 @@
+"""quantize_model: which layers become low precision, exact levels in Keras, weights, bad input."""
+
+import numpy as np
+import pytest
+from conftest import tiny_cnn
+
+import apprentice_tf as atf
+from apprentice_tf.compat import keras
+from apprentice_tf.quantize import low_precision_layer_names
+
+layers = keras.layers
+
+
+def wrapped(model):
+    return {layer.layer.name: layer for layer in model.layers if hasattr(layer, "quantize_config")}
+
+
+def inference_kernel(wrapper):
+    """The kernel the wrapper uses at inference (quantizer applied, training=False)."""
+    weight, quantizer, variables = wrapper._weight_vars[0]
+    return quantizer(weight, False, weights=variables).numpy()
+
+
+def max_levels_per_channel(kernel, depthwise=False):
+    flat = kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1]) if depthwise else kernel
+    flat = flat.reshape(-1, flat.shape[-1])
+    return max(len(np.unique(flat[:, c])) for c in range(flat.shape[1]))
+
+
+@pytest.mark.parametrize("weight_bits,limit", [("ternary", 3), (2, 3), (4, 15), (8, 255)])
+def test_low_precision_layers_and_exact_levels(weight_bits, limit):
+    model = tiny_cnn()
+    qmodel = atf.quantize_model(model, weight_bits=weight_bits, activation_bits=8)
+    configs = {
+        name: layer.quantize_config
+        for name, layer in wrapped(qmodel).items()
+        if isinstance(layer.quantize_config, atf.TernaryQuantizeConfig | atf.NBitQuantizeConfig)
+    }
+    assert sorted(configs) == ["conv1", "conv2", "dw", "fc", "pw"]
+    assert "stem" not in wrapped(qmodel) and "logits" not in wrapped(qmodel)
+    for name, wrapper in wrapped(qmodel).items():
+        if name in configs:
+            levels = max_levels_per_channel(inference_kernel(wrapper), depthwise=name == "dw")
+            assert levels <= limit, name
+            if weight_bits == "ternary":
+                assert levels == 3, name
+
+
+def test_float_weights_are_copied_and_model_untouched(blob_data):
+    model = tiny_cnn()
+    before = [w.copy() for w in model.get_weights()]
+    x = blob_data[0][:8]
+    reference = model.predict(x, verbose=0)
+    qmodel = atf.quantize_model(model, "ternary", activation_bits=None, keep_first_last=True)
+    for name in ("conv1", "fc", "stem", "logits", "bn1"):
+        source = model.get_layer(name)
+        target = wrapped(qmodel).get(name) or qmodel.get_layer(name)
+        by_name = {w.name: w.numpy() for w in target.weights}
+        for weight in source.weights:
+            np.testing.assert_array_equal(weight.numpy(), by_name[weight.name])
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(reference, model.predict(x, verbose=0))
+    assert [layer.name for layer in model.layers][-1] == "logits"
+
+
+def test_keep_first_last_false_and_skip():
+    model = tiny_cnn()
+    assert "stem" in low_precision_layer_names(model, keep_first_last=False)
+    assert "logits" in low_precision_layer_names(model, keep_first_last=False)
+    qmodel = atf.quantize_model(model, 4, keep_first_last=False, skip=["dw"])
+    names = wrapped(qmodel)
+    assert isinstance(names["stem"].quantize_config, atf.NBitQuantizeConfig)
+    assert isinstance(names["logits"].quantize_config, atf.NBitQuantizeConfig)
+    assert not isinstance(getattr(names.get("dw"), "quantize_config", None), atf.NBitQuantizeConfig)
+
+
+def test_sequential_model_and_standalone_relu_folding(blob_data):
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            layers.Conv2D(8, 3, name="c0"),
+            layers.ReLU(),
+            layers.Conv2D(8, 3, name="c1"),
+            layers.ReLU(),
+            layers.Flatten(),
+            layers.Dense(4, name="out"),
+        ]
+    )
+    x = blob_data[0][:4]
+    qmodel = atf.quantize_model(model, "ternary", activation_bits=None)
+    # c1 -> ReLU is folded into c1's own activation; the float outputs are unchanged.
+    assert wrapped(qmodel)["c1"].layer.activation.__name__ == "relu"
+    assert qmodel.output_shape == (None, 4)
+    float_path = atf.quantize_model(model, 8, activation_bits=None)
+    assert float_path.predict(x, verbose=0).shape == (4, 4)
+
+
+def test_training_moves_latent_weights_and_keeps_levels(blob_data):
+    x, y = blob_data
+    qmodel = atf.quantize_model(tiny_cnn(), "ternary")
+    qmodel.compile(
+        keras.optimizers.Adam(0.01),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    before = wrapped(qmodel)["conv1"]._weight_vars[0][0].numpy().copy()
+    history = qmodel.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    assert not np.array_equal(before, wrapped(qmodel)["conv1"]._weight_vars[0][0].numpy())
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["accuracy"][-1] > 0.4  # 4 classes: chance is 0.25
+    assert max_levels_per_channel(inference_kernel(wrapped(qmodel)["conv1"])) == 3
+
+
+def keras3_model():
+    import keras as keras3
+
+    return keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(3), keras3.layers.Dense(2)])
+
+
+def only_first_and_last():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inputs))
+    return keras.Model(inputs, layers.Dense(2)(x))
+
+
+@pytest.mark.parametrize(
+    "make_model,kwargs,match",
+    [
+        (
+            tiny_cnn,
+            {"weight_bits": 3.5},
+            r"`weight_bits` must be one of \('ternary', 2, 4, 8\), received 3\.5",
+        ),
+        (tiny_cnn, {"weight_bits": "quaternary"}, r"`weight_bits`.*'quaternary'"),
+        (tiny_cnn, {"weight_bits": True}, r"`weight_bits`"),
+        (
+            tiny_cnn,
+            {"activation_bits": 1},
+            r"`activation_bits` must be one of \(8, 4, None\), received 1",
+        ),
+        (tiny_cnn, {"skip": ["nope"]}, r"`skip` names \['nope'\]"),
+        (only_first_and_last, {}, r"no Conv2D, DepthwiseConv2D or Dense layer left"),
+        (keras3_model, {}, r"Keras 3 object.*tf_keras"),
+    ],
+)
+def test_bad_input_raises_before_building(make_model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        atf.quantize_model(make_model(), **kwargs)

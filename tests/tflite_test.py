@@ -1,0 +1,159 @@
+"""The .tflite file stores the low-bit levels, agrees with Keras, and reports honest sizes."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from conftest import blobs, tiny_cnn
+
+import apprentice_tf as atf
+from apprentice_tf import cli, tflite
+from apprentice_tf.compat import keras
+
+
+def trained(weight_bits, activation_bits=8, epochs=8):
+    keras.utils.set_random_seed(0)
+    x, y = blobs(256)
+    model = atf.quantize_model(tiny_cnn(), weight_bits, activation_bits)
+    model.compile(
+        keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ternary_file(tmp_path_factory):
+    model = trained("ternary")
+    path = tflite.convert(model, tmp_path_factory.mktemp("t") / "ternary.tflite")
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def four_bit_file(tmp_path_factory):
+    model = trained(4, activation_bits=8)
+    path = tflite.convert(model, tmp_path_factory.mktemp("t") / "w4a8.tflite")
+    return model, path
+
+
+def by_layer(weights):
+    return {tflite._short_name(w.name).split("/")[0]: w for w in weights}
+
+
+LOW_PRECISION = ["quant_conv1", "quant_conv2", "quant_dw", "quant_pw", "quant_fc"]
+
+
+@pytest.mark.parametrize("fixture,limit", [("ternary_file", 3), ("four_bit_file", 15)])
+def test_file_stores_integer_levels_and_float_first_last(request, fixture, limit):
+    _, path = request.getfixturevalue(fixture)
+    weights = by_layer(tflite.inspect(path))
+    for name in LOW_PRECISION:
+        assert weights[name].dtype in ("INT8", "INT4"), name
+        assert weights[name].levels <= limit, name
+        assert weights[name].bits_needed <= (2 if limit == 3 else 4), name
+    if limit == 3:
+        assert all(weights[name].levels == 3 for name in ["quant_conv1", "quant_conv2", "quant_pw"])
+    assert weights["stem"].dtype == "FLOAT32"
+    assert weights["logits"].dtype == "FLOAT32"
+
+
+@pytest.mark.parametrize("fixture", ["ternary_file", "four_bit_file"])
+def test_tflite_agrees_with_keras(request, fixture):
+    model, path = request.getfixturevalue(fixture)
+    x, _ = blobs(200, seed=7)
+    result = tflite.agreement(model, path, x)
+    assert result["top1_agreement"] >= 0.99
+    # Activation rounding may differ by one step between TF's fake-quant and LiteRT's integer
+    # kernels; measured max |diff| is 3-5% of the largest logit (0.23 of 6.9 for ternary).
+    assert result["max_abs_diff"] <= 0.08 * result["max_abs_output"]
+
+
+def test_four_bit_activations_export_as_int8(tmp_path):
+    model = trained(4, activation_bits=4)
+    path = tflite.convert(model, tmp_path / "w4a4.tflite")
+    weights = by_layer(tflite.inspect(path))
+    assert all(weights[name].levels <= 15 for name in LOW_PRECISION)
+    x, y = blobs(200, seed=7)
+    # LiteRT has no 4-bit activation kernels: the file computes int8 activations over the
+    # learned ranges, so it is a finer network than the Keras one, not an identical one.
+    result = tflite.evaluate(path, [(x, y)], verbose=0)
+    assert result["accuracy"] > 0.5
+
+
+def test_size_report_is_labelled_and_consistent(ternary_file):
+    _, path = ternary_file
+    weights = tflite.inspect(path)
+    report = tflite.size_report(path, weights)
+    assert report.file_bytes == path.stat().st_size
+    assert report.packed_bytes < report.float32_bytes
+    assert 0 < report.gzip_bytes < report.file_bytes
+    text = tflite.format_inspection(weights, report)
+    for label in (
+        "file bytes (on disk)",
+        "gzip bytes",
+        "packed bytes (ideal",
+        "float32-equivalent",
+    ):
+        assert label in text
+    conv1 = by_layer(weights)["quant_conv1"]
+    assert conv1.packed_bytes == conv1.float32_bytes / 16 + 4 * conv1.channels
+
+
+def test_evaluate_reports_accuracy_and_latency(ternary_file):
+    model, path = ternary_file
+    x, y = blobs(128, seed=3)
+    result = tflite.evaluate(path, [(x[:64], y[:64]), (x[64:], y[64:])], verbose=0)
+    keras_accuracy = np.mean(model.predict(x, verbose=0).argmax(-1) == y)
+    assert result["examples"] == 128
+    assert abs(result["accuracy"] - keras_accuracy) <= 0.02
+    assert result["accuracy"] > 0.5  # 4 classes
+    assert result["ms_per_batch"] > 0
+
+
+def test_cli_inspect_prints_table_and_json(ternary_file, capsys):
+    _, path = ternary_file
+    assert cli.main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "quant_conv1" in out and "packed bytes" in out
+    assert cli.main(["inspect", str(path), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert {w["levels"] for w in payload["weights"] if "quant_conv1" in w["name"]} == {3}
+    assert cli.main(["inspect", str(path.parent / "missing.tflite")]) == 1
+
+
+def test_full_integer_export_quantizes_first_and_last(ternary_file, tmp_path):
+    model, _ = ternary_file
+    x, _ = blobs(64, seed=5)
+    path = tflite.convert(model, tmp_path / "int8.tflite", representative_data=lambda: [x[:32]])
+    weights = by_layer(tflite.inspect(path))
+    assert weights["stem"].dtype == "INT8" and weights["logits"].dtype == "INT8"
+    assert weights["quant_conv1"].levels <= 3
+    assert tflite.agreement(model, path, x)["top1_agreement"] >= 0.95
+
+
+def test_int4_flag_is_verified_in_the_file(four_bit_file, tmp_path):
+    model, _ = four_bit_file
+    path = tmp_path / "int4.tflite"
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        tflite.convert(model, path, int4_weights=True)
+    weights = tflite.inspect(path)
+    has_int4 = any(w.dtype == "INT4" for w in weights)
+    warned = any("int4_weights=True" in str(w.message) for w in record)
+    assert has_int4 != warned
+
+
+def test_weight_only_model_is_refused_unless_verify_false(tmp_path):
+    model = atf.quantize_model(tiny_cnn(), "ternary", activation_bits=None)
+    with pytest.raises(RuntimeError, match="did not keep the low-precision levels"):
+        tflite.convert(model, tmp_path / "weights_only.tflite")
+    path = tflite.convert(model, tmp_path / "weights_only.tflite", verify=False)
+    assert path.exists()
+
+
+def test_float_model_converts_and_directory_path_is_refused(tmp_path):
+    path = tflite.convert(tiny_cnn(), tmp_path / "float.tflite")
+    assert all(w.dtype in ("FLOAT32", "INT8") for w in tflite.inspect(path))
+    with pytest.raises(ValueError, match="is a directory"):
+        tflite.convert(tiny_cnn(), tmp_path)
