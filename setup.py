@@ -30,7 +30,7 @@ setup(
         "numpy>=1.26,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "ruff==0.17.6"],
+        "test": ["pytest>=8,<10", "ruff==0.17.6", "tensorboard==2.21.*"],
     },
     entry_points={"console_scripts": ["apprentice-tf=apprentice_tf.cli:main"]},
     classifiers=[

@@ -1,0 +1,184 @@
+"""Results as a user reads them: markdown tables, JSON written atomically, PNG plots.
+
+Every writer goes through a temporary file in the target directory and `os.replace`, so an
+interrupted run never leaves a half-written results.json behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "write_text",
+    "write_json",
+    "markdown_table",
+    "results_table",
+    "machine_info",
+    "plot_curves",
+    "plot_accuracy_vs_size",
+]
+
+#: Columns of the standard results table: (row key, header).
+RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("model", "model"),
+    ("bits", "bits (W/A)"),
+    ("scheme", "scheme"),
+    ("keras_top1", "top-1 Keras"),
+    ("tflite_top1", "top-1 TFLite"),
+    ("file_bytes", "file B"),
+    ("gzip_bytes", "gzip B"),
+    ("packed_bytes", "packed B (ideal)"),
+)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically (temporary file, then rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8"
+    ) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"write_json: cannot serialise {type(value).__name__} {value!r}")
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    """Write `payload` as indented JSON, atomically (NumPy scalars and arrays allowed)."""
+    return write_text(path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float | np.floating):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return f"{value:,d}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A GitHub markdown table: one row per mapping, `columns` as (key, header) pairs."""
+    lines = [
+        "| " + " | ".join(header for _, header in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The standard results table (`RESULT_COLUMNS`) of a recipe run."""
+    return markdown_table(rows, RESULT_COLUMNS)
+
+
+def machine_info(num_threads: int | None = None) -> dict[str, Any]:
+    """CPU model, core count, TensorFlow and LiteRT versions, threads and the date (UTC)."""
+    from importlib import metadata
+
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        litert = metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        litert = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": num_threads,
+        "tensorflow": tf.__version__,
+        "ai_edge_litert": litert,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(
+    curves: Mapping[str, Sequence[float]],
+    path: str | os.PathLike,
+    ylabel: str = "test top-1",
+    xlabel: str = "epoch",
+    title: str | None = None,
+) -> Path:
+    """One line per named series (e.g. validation accuracy per epoch of each run), as a PNG."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_size(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    size_key: str = "packed_bytes",
+    accuracy_key: str = "tflite_top1",
+    label_key: str = "scheme",
+) -> Path:
+    """Accuracy against model size (log scale), one labelled point per row, as a PNG."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        if row.get(size_key) is None or row.get(accuracy_key) is None:
+            continue
+        ax.scatter(row[size_key], row[accuracy_key])
+        ax.annotate(str(row.get(label_key, "")), (row[size_key], row[accuracy_key]), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{size_key} (bytes)")
+    ax.set_ylabel(accuracy_key)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,198 @@
+"""What every recipe shares: flag checks, resumable training stages, deployment, the results files.
+
+A recipe is a sequence of named stages (train the teacher, train the baseline student, distil).
+Each stage trains with `keras.callbacks.BackupAndRestore`, logs every epoch to
+``<output_dir>/<stage>.csv`` and, once finished, saves its weights, so running the same command
+again after a kill resumes the interrupted stage and skips the finished ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apprentice_tf import reporting, tflite
+from apprentice_tf.compat import keras, tf
+
+
+class RecipeError(ValueError):
+    """A bad flag or input, found before any training; `main` prints it on one line."""
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """The output directory as a Path, refusing one that exists as a file (nothing is written)."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"--output_dir {str(path)!r} is a file; pass a directory.")
+    return path
+
+
+def check_choice(flag: str, value: Any, allowed: Sequence[Any]) -> None:
+    """Raise RecipeError unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise RecipeError(f"--{flag}={value!r} is not allowed; use one of {list(allowed)}.")
+
+
+def check_file(flag: str, value: str | None) -> None:
+    """Raise RecipeError if a path flag names a file that does not exist."""
+    if value and not Path(value).exists():
+        raise RecipeError(f"--{flag}={value!r} does not exist.")
+
+
+def check_positive(flag: str, value: float) -> None:
+    """Raise RecipeError unless `value` > 0."""
+    if not value > 0:
+        raise RecipeError(f"--{flag} must be > 0, received {value!r}.")
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """Per-epoch logs from a CSVLogger file, one list per metric (empty if there is no file)."""
+    if not path.exists():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    history: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != "epoch" and value not in ("", None):
+                history.setdefault(key, []).append(float(value))
+    return history
+
+
+def train_stage(
+    name: str,
+    model: keras.Model,
+    train_data: tf.data.Dataset,
+    epochs: int,
+    output_dir: Path,
+    validation_data: tf.data.Dataset | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 1,
+) -> dict[str, list[float]]:
+    """Fit `model` for `epochs`, resumable; returns the full per-epoch history.
+
+    A finished stage (``<stage>.weights.h5`` present) is loaded instead of trained again.
+    An interrupted one resumes from its last finished epoch via BackupAndRestore.
+    """
+    weights = output_dir / f"{name}.weights.h5"
+    log = output_dir / f"{name}.csv"
+    if weights.exists():
+        model.load_weights(weights)
+        print(f"[{name}] finished earlier: loaded {weights}")
+        return read_history(log)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    backup = keras.callbacks.BackupAndRestore(str(output_dir / "backup" / name))
+    logger = keras.callbacks.CSVLogger(str(log), append=True)
+    model.fit(
+        train_data,
+        epochs=epochs,
+        validation_data=validation_data,
+        callbacks=[backup, logger, *callbacks],
+        verbose=verbose,
+    )
+    model.save_weights(weights)
+    return read_history(log)
+
+
+def keras_top1(model: keras.Model, dataset: tf.data.Dataset) -> float:
+    """Top-1 accuracy of a Keras classifier (logits) on a dataset of (x, y)."""
+    correct = total = 0
+    for x, y in dataset:
+        predictions = np.argmax(model(x, training=False), axis=-1)
+        correct += int(np.sum(predictions == np.asarray(y).reshape(-1)))
+        total += len(predictions)
+    return correct / total
+
+
+def deploy(
+    model: keras.Model,
+    path: Path,
+    test_data: tf.data.Dataset,
+    row: dict[str, Any],
+    verbose: int = 1,
+) -> dict[str, Any]:
+    """Convert `model` to `path`, inspect and evaluate the file; returns `row` completed.
+
+    Adds top-1 of the Keras model and of the .tflite file on `test_data`, their top-1 agreement
+    on the first batch, the file/gzip/packed/float32 sizes and the per-layer inspection.
+    """
+    tflite.convert(model, path)
+    weights = tflite.inspect(path)
+    sizes = tflite.size_report(path, weights)
+    first_batch = next(iter(test_data))[0].numpy()
+    evaluation = tflite.evaluate(path, test_data, verbose=verbose)
+    return {
+        **row,
+        "keras_top1": keras_top1(model, test_data),
+        "tflite_top1": evaluation["accuracy"],
+        "agreement": tflite.agreement(model, path, first_batch),
+        "tflite_ms_per_example": evaluation["ms_per_example"],
+        **dataclasses.asdict(sizes),
+        "tflite": str(path),
+        "inspection": [dataclasses.asdict(w) for w in weights],
+        "inspection_table": tflite.format_inspection(weights, sizes),
+    }
+
+
+def finish(
+    output_dir: Path,
+    config: Any,
+    rows: list[dict[str, Any]],
+    curves: dict[str, Sequence[float]],
+    extra: dict[str, Any] | None = None,
+    curve_label: str = "validation top-1",
+) -> dict[str, Any]:
+    """Write results.json, results.md and the plots; returns the results dictionary."""
+    table = reporting.results_table(rows)
+    results = {
+        "config": dataclasses.asdict(config),
+        "machine": reporting.machine_info(),
+        "rows": [{k: v for k, v in row.items() if k != "inspection_table"} for row in rows],
+        "curves": {name: list(values) for name, values in curves.items()},
+        **(extra or {}),
+    }
+    reporting.write_json(output_dir / "results.json", results)
+    inspections = "\n\n".join(
+        f"### {row['model']} {row['scheme']}: {row['tflite']}\n\n{row['inspection_table']}"
+        for row in rows
+        if "inspection_table" in row
+    )
+    reporting.write_text(
+        output_dir / "results.md", f"# Results\n\n{table}\n\n## Stored weights\n\n{inspections}\n"
+    )
+    if curves:
+        reporting.plot_curves(curves, output_dir / "curves.png", ylabel=curve_label)
+    reporting.plot_accuracy_vs_size(rows, output_dir / "accuracy_vs_size.png")
+    return results
+
+
+def run_main(run: Callable[[Any], dict[str, Any]], make_config: Callable[[], Any]) -> None:
+    """Body of a recipe's `main`: build the config from flags, run, print the table.
+
+    A `RecipeError` stops with a one-line message (exit status 1) before anything is written.
+    """
+    try:
+        config = make_config()
+        results = run(config)
+    except RecipeError as error:
+        raise SystemExit(f"error: {error}") from None
+    print()
+    print(reporting.results_table(results["rows"]))
+
+
+def configure_threads(threads: int) -> None:
+    """Fix TensorFlow's intra- and inter-op thread counts (0 leaves TensorFlow's default)."""
+    if threads < 0:
+        raise RecipeError(f"--threads must be >= 0, received {threads}.")
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already started: keep its settings.
+            pass
