@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run by hand that print a table and write JSON under benchmarks/results/."""
