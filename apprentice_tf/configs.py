@@ -83,7 +83,9 @@ class _WeightQuantizeConfig(SettingsEquality, _QuantizeConfig):
     keeps a FakeQuant kernel as integers inside an op whose input and output are quantized.
     """
 
-    def __init__(self, activation_bits: int | None, quantize_output: bool = False) -> None:
+    def __init__(
+        self, activation_bits: int | None, quantize_output: bool = False, int4_storage: bool = False
+    ) -> None:
         if activation_bits is not None and (
             isinstance(activation_bits, bool)
             or not isinstance(activation_bits, int)
@@ -95,6 +97,7 @@ class _WeightQuantizeConfig(SettingsEquality, _QuantizeConfig):
             )
         self.activation_bits = activation_bits
         self.quantize_output = bool(quantize_output) and activation_bits is not None
+        self.int4_storage = bool(int4_storage)
 
     def _weight_quantizer(
         self, per_tensor_storage: bool = False
@@ -146,6 +149,8 @@ class TernaryQuantizeConfig(_WeightQuantizeConfig):
       threshold_rule: "mean" (TWN) or "max" (TTQ-style).
       activation_bits: bits of the layer's own non-linear activation, or None for float.
       quantize_output: also quantize the layer's (linear) output; see `_WeightQuantizeConfig`.
+      int4_storage: let TFLite store the kernel as INT4 (`apprentice_tf.tflite.convert` sets it
+        for export with ``int4_weights=True``).
     """
 
     def __init__(
@@ -154,15 +159,20 @@ class TernaryQuantizeConfig(_WeightQuantizeConfig):
         threshold_rule: str = "mean",
         activation_bits: int | None = 8,
         quantize_output: bool = False,
+        int4_storage: bool = False,
     ) -> None:
-        super().__init__(activation_bits, quantize_output)
+        super().__init__(activation_bits, quantize_output, int4_storage)
         self.threshold = threshold
         self.threshold_rule = threshold_rule
         self._weight_quantizer()  # validates threshold and rule now, not at build time
 
     def _weight_quantizer(self, per_tensor_storage: bool = False) -> TernaryWeightQuantizer:
         return TernaryWeightQuantizer(
-            self.threshold, True, self.threshold_rule, per_tensor_storage=per_tensor_storage
+            self.threshold,
+            True,
+            self.threshold_rule,
+            per_tensor_storage=per_tensor_storage,
+            int4_storage=self.int4_storage,
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -171,6 +181,7 @@ class TernaryQuantizeConfig(_WeightQuantizeConfig):
             "threshold_rule": self.threshold_rule,
             "activation_bits": self.activation_bits,
             "quantize_output": self.quantize_output,
+            "int4_storage": self.int4_storage,
         }
 
 
@@ -182,23 +193,35 @@ class NBitQuantizeConfig(_WeightQuantizeConfig):
       num_bits: weight bits, 2 to 8.
       activation_bits: bits of the layer's own non-linear activation, or None for float.
       quantize_output: also quantize the layer's (linear) output; see `_WeightQuantizeConfig`.
+      int4_storage: let TFLite store the kernel as INT4 (`apprentice_tf.tflite.convert` sets it
+        for export with ``int4_weights=True``).
     """
 
     def __init__(
-        self, num_bits: int = 4, activation_bits: int | None = 8, quantize_output: bool = False
+        self,
+        num_bits: int = 4,
+        activation_bits: int | None = 8,
+        quantize_output: bool = False,
+        int4_storage: bool = False,
     ) -> None:
-        super().__init__(activation_bits, quantize_output)
+        super().__init__(activation_bits, quantize_output, int4_storage)
         self.num_bits = num_bits
         self._weight_quantizer()
 
     def _weight_quantizer(self, per_tensor_storage: bool = False) -> UniformWeightQuantizer:
-        return UniformWeightQuantizer(self.num_bits, True, per_tensor_storage=per_tensor_storage)
+        return UniformWeightQuantizer(
+            self.num_bits,
+            True,
+            per_tensor_storage=per_tensor_storage,
+            int4_storage=self.int4_storage,
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {
             "num_bits": self.num_bits,
             "activation_bits": self.activation_bits,
             "quantize_output": self.quantize_output,
+            "int4_storage": self.int4_storage,
         }
 
 

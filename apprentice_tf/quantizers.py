@@ -167,25 +167,32 @@ class _SettingsQuantizer(SettingsEquality, tfmot.quantization.keras.quantizers.Q
 
 
 class _SymmetricWeightQuantizer(_SettingsQuantizer):
-    """Puts weights on a symmetric per-channel grid and marks the grid for the TFLite converter.
+    """Puts weights on a symmetric grid and marks the grid for the TFLite converter.
 
-    Subclasses give `quantize(w)`, returning values on the grid a_c·i/L, i ∈ [−L, L],
-    L = 2^(k−1) − 1, with k = `storage_bits`. The result then goes through
-    `fake_quant_with_min_max_vars_per_channel(q, −a_c, a_c, k, narrow_range=True)`, whose levels
-    are exactly that grid, so values pass unchanged and the converter stores the kernel as int8
-    with scale a_c/L. The converter needs a_c as a constant, so a_c = max|q_c| is kept in a
-    non-trainable variable on the wrapper layer: refreshed from the weights at every training
-    step (tfmot's "last value" rule) and read at inference.
+    Subclasses give `quantize(w)`, returning values a_c·j/L, j ∈ [−L, L], L = 2^(k−1) − 1
+    (k = `level_bits`; a_c = max|q_c| per output channel). The result goes through a narrow-range
+    FakeQuant op whose grid contains those values, so they pass unchanged and the converter
+    stores the kernel as integers:
 
-    With `per_tensor_storage` (used for Dense kernels: the TF 2.21 converter rejects per-channel
+    * int8 storage (default): 8-bit grid b_c·i/127 with b_c = 127·a_c/(L·m), m = ⌊127/L⌋, so the
+      levels sit at i = m·j (ternary: ±127 and 0). LiteRT runs these with its int8 kernels.
+    * ``int4_storage`` (k ≤ 4): k-bit grid with b_c = a_c, which the TF 2.21 converter stores as
+      INT4 (half the bytes; LiteRT's INT4 conv kernels were about 7× slower than int8 here).
+
+    The converter needs b_c as a constant, so a_c is kept in a non-trainable variable on the
+    wrapper layer: refreshed from the weights at every training step (tfmot's "last value" rule)
+    and read at inference.
+
+    With `per_tensor_storage` (for Dense kernels: the TF 2.21 converter rejects per-channel
     FakeQuant on fully-connected kernels, "tfl.transpose op has mismatched quantized axes"), the
-    marker is one 8-bit grid max|q|·i/127 for the whole tensor: each channel keeps its 2L + 1
-    values, with a_c rounded to that grid (a relative error below 1/254 of the largest a_c).
+    marker is one int8 grid max|q|·i/127 for the whole tensor: each channel keeps its 2L + 1
+    values, with a_c·j/L rounded to that grid (a relative error below 1/254 of the largest a_c).
     """
 
-    storage_bits: int
+    level_bits: int
     per_channel: bool
     per_tensor_storage: bool
+    int4_storage: bool
 
     @property
     def _marker_per_channel(self) -> bool:
@@ -204,6 +211,15 @@ class _SymmetricWeightQuantizer(_SettingsQuantizer):
         )
         return {"bound": bound}
 
+    def _marker(self) -> tuple[int, float]:
+        """(FakeQuant bits, bound/a_c) of the storage grid."""
+        if self.per_tensor_storage or not self.per_channel:
+            return (self.level_bits if not self.per_channel else 8), 1.0
+        if self.int4_storage and self.level_bits <= 4:
+            return self.level_bits, 1.0
+        levels = 2 ** (self.level_bits - 1) - 1
+        return 8, 127.0 / (levels * (127 // levels))
+
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict, **kwargs) -> tf.Tensor:
         q = self.quantize(inputs)
         if training:
@@ -212,12 +228,12 @@ class _SymmetricWeightQuantizer(_SettingsQuantizer):
             weights["bound"].assign(tf.stop_gradient(bound))
         else:
             bound = weights["bound"]
-        bound = tf.stop_gradient(bound)
+        bits, widen = self._marker()
+        bound = tf.stop_gradient(bound) * widen
         if self._marker_per_channel:
             return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                q, -bound, bound, num_bits=self.storage_bits, narrow_range=True
+                q, -bound, bound, num_bits=bits, narrow_range=True
             )
-        bits = self.storage_bits if not self.per_channel else 8
         return tf.quantization.fake_quant_with_min_max_vars(
             q, -bound, bound, num_bits=bits, narrow_range=True
         )
@@ -235,6 +251,7 @@ class TernaryWeightQuantizer(_SymmetricWeightQuantizer):
       per_channel: one (Δ, α) per output channel (default) or per tensor.
       threshold_rule: "mean" (TWN) or "max" (TTQ-style, use threshold≈0.05).
       per_tensor_storage: mark the levels on one int8 grid per tensor for TFLite (Dense kernels).
+      int4_storage: let TFLite store the kernel as INT4 instead of int8.
     """
 
     def __init__(
@@ -244,6 +261,7 @@ class TernaryWeightQuantizer(_SymmetricWeightQuantizer):
         threshold_rule: str = "mean",
         *,
         per_tensor_storage: bool = False,
+        int4_storage: bool = False,
     ) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, int | float):
             raise ValueError(
@@ -263,8 +281,9 @@ class TernaryWeightQuantizer(_SymmetricWeightQuantizer):
         self.per_channel = bool(per_channel)
         self.threshold_rule = threshold_rule
         self.per_tensor_storage = bool(per_tensor_storage)
+        self.int4_storage = bool(int4_storage)
 
-    storage_bits = 2
+    level_bits = 2
 
     def quantize(self, w: tf.Tensor) -> tf.Tensor:
         return ternarize(w, self.threshold, self.threshold_rule, self.per_channel)
@@ -275,6 +294,7 @@ class TernaryWeightQuantizer(_SymmetricWeightQuantizer):
             "per_channel": self.per_channel,
             "threshold_rule": self.threshold_rule,
             "per_tensor_storage": self.per_tensor_storage,
+            "int4_storage": self.int4_storage,
         }
 
 
@@ -289,18 +309,25 @@ class UniformWeightQuantizer(_SymmetricWeightQuantizer):
       num_bits: k, 2 to 8.
       per_channel: one scale per output channel (default) or per tensor.
       per_tensor_storage: mark the levels on one int8 grid per tensor for TFLite (Dense kernels).
+      int4_storage: let TFLite store the kernel as INT4 instead of int8 (num_bits ≤ 4).
     """
 
     def __init__(
-        self, num_bits: int = 4, per_channel: bool = True, *, per_tensor_storage: bool = False
+        self,
+        num_bits: int = 4,
+        per_channel: bool = True,
+        *,
+        per_tensor_storage: bool = False,
+        int4_storage: bool = False,
     ) -> None:
         _check_positive_int("num_bits", num_bits, "UniformWeightQuantizer", 2, 8)
         self.num_bits = num_bits
         self.per_channel = bool(per_channel)
         self.per_tensor_storage = bool(per_tensor_storage)
+        self.int4_storage = bool(int4_storage)
 
     @property
-    def storage_bits(self) -> int:
+    def level_bits(self) -> int:
         return self.num_bits
 
     def quantize(self, w: tf.Tensor) -> tf.Tensor:
@@ -311,6 +338,7 @@ class UniformWeightQuantizer(_SymmetricWeightQuantizer):
             "num_bits": self.num_bits,
             "per_channel": self.per_channel,
             "per_tensor_storage": self.per_tensor_storage,
+            "int4_storage": self.int4_storage,
         }
 
 

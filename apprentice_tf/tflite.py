@@ -282,12 +282,14 @@ def convert(
 ) -> Path:
     """Convert a Keras model (float or from `quantize_model`) to a .tflite file.
 
-    The converter runs with `Optimize.DEFAULT`, so FakeQuant kernels become integer tensors
-    (ternary: 3 levels per channel, 4-bit: 15) and the layers `quantize_model` left float stay
-    float. Activations quantized to fewer than 8 bits in Keras are stored and computed as int8
-    over the same learned ranges (LiteRT has no 4-bit activation kernels). With
+    A model from `quantize_model` is converted with `Optimize.DEFAULT`, so FakeQuant kernels
+    become integer tensors (ternary: 3 levels per channel, 4-bit: 15) and the layers
+    `quantize_model` left float stay float. Activations quantized to fewer than 8 bits in Keras
+    are stored and computed as int8 over the same learned ranges (LiteRT has no 4-bit
+    activation kernels). With
     `representative_data`, the remaining float tensors are calibrated on it and the model
-    becomes full-integer (int8 activations everywhere; float input and output).
+    becomes full-integer (int8 activations everywhere; float input and output). A float model
+    without `representative_data` stays float32.
 
     Args:
       model: a tf_keras model.
@@ -296,9 +298,11 @@ def convert(
         callable returning an iterable of input batches; 100 batches at most are used.
       verify: inspect the written file and raise if a low-precision layer was stored in float
         or with more levels than its bit width allows.
-      int4_weights: store 2- and 4-bit kernels as INT4 where this TensorFlow's converter
-        supports it. Checked in the output: when the file holds no INT4 tensor, a warning says so
-        and the file keeps int8 storage.
+      int4_weights: store 2- and 4-bit conv kernels as INT4 (the TF 2.21 converter does so for
+        a FakeQuant of 4 bits or fewer; its `_experimental_low_bit_qat` mode produced files
+        LiteRT could not run). Checked in the output: when the file holds no INT4 tensor, a
+        warning says so and the kernels keep int8 storage. Default: int8 storage, which LiteRT
+        runs with its fast int8 kernels.
 
     Returns:
       The path written.
@@ -310,14 +314,11 @@ def convert(
     path = Path(path)
     if path.exists() and path.is_dir():
         raise ValueError(f"convert: `path` {str(path)!r} is a directory; pass a file name.")
-    converter = tf.lite.TFLiteConverter.from_keras_model(_with_int8_activations(model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter = tf.lite.TFLiteConverter.from_keras_model(_export_copy(model, int4_weights))
+    if representative_data is not None or _is_quantization_aware(model):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data)
-    if int4_weights:
-        # The converter's experimental low-bit QAT mode takes the storage width from each
-        # FakeQuant op's num_bits instead of widening everything to int8.
-        converter._experimental_low_bit_qat = True
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         flatbuffer = converter.convert()
@@ -337,8 +338,12 @@ def convert(
     return path
 
 
-def _widen_activation_configs(config: Any) -> bool:
-    """Set every activation width below 8 in a serialized model config to 8; True if any."""
+def _set_export_settings(config: Any, int4_weights: bool) -> bool:
+    """Rewrite a serialized model config for export; True if anything changed.
+
+    Activation widths below 8 become 8, and every weight config's ``int4_storage`` becomes
+    `int4_weights`.
+    """
     changed = False
     if isinstance(config, dict):
         name = str(config.get("class_name", "")).split(">")[-1]
@@ -348,11 +353,14 @@ def _widen_activation_configs(config: Any) -> bool:
                 if settings.get(key) is not None and settings[key] < 8:
                     settings[key] = 8
                     changed = True
+            if name in _WEIGHT_CONFIGS and settings.get("int4_storage", False) != int4_weights:
+                settings["int4_storage"] = int4_weights
+                changed = True
         for value in config.values():
-            changed = _widen_activation_configs(value) or changed
+            changed = _set_export_settings(value, int4_weights) or changed
     elif isinstance(config, list):
         for value in config:
-            changed = _widen_activation_configs(value) or changed
+            changed = _set_export_settings(value, int4_weights) or changed
     return changed
 
 
@@ -362,25 +370,32 @@ _ACTIVATION_WIDTH_KEYS = {
     "TernaryQuantizeConfig": ("activation_bits",),
     "NBitQuantizeConfig": ("activation_bits",),
 }
+_WEIGHT_CONFIGS = ("TernaryQuantizeConfig", "NBitQuantizeConfig")
 
 
-def _with_int8_activations(model: keras.Model) -> keras.Model:
-    """`model`, or a copy whose k < 8-bit activation quantizers store 8 bits, for export.
+def _export_copy(model: keras.Model, int4_weights: bool) -> keras.Model:
+    """`model`, or a copy with the storage the file should have, for conversion.
 
+    Kernels: int8 storage unless `int4_weights` (see `TernaryWeightQuantizer`). Activations:
     LiteRT has no kernels for 4-bit activations, and the TF 2.21 converter types a 4-bit
-    FakeQuant activation as i4, which CONV_2D and the other integer ops reject. The copy keeps
-    the learned ranges [min, m], so the file runs the same network with 255 activation levels
-    instead of 2^k − 1: `agreement` measures what that changes.
+    FakeQuant activation as i4, which CONV_2D and the other integer ops reject; the copy stores
+    k < 8-bit activations as int8 over the same learned ranges [min, m], so the file runs the
+    network with 255 activation levels instead of 2^k − 1 (`agreement` measures the change).
+    The copy shares nothing with `model`; its weights are copied.
     """
     config = model.get_config()
-    if not _widen_activation_configs(config):
+    if not _set_export_settings(config, int4_weights):
         return model
     from apprentice_tf.quantize import quantize_scope
 
     with quantize_scope():
-        widened = model.__class__.from_config(config)
-    widened.set_weights(model.get_weights())
-    return widened
+        copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _is_quantization_aware(model: keras.Model) -> bool:
+    return any(hasattr(layer, "quantize_config") for layer in model.layers)
 
 
 def _representative(data: Any) -> Callable[[], Iterable[list[np.ndarray]]]:

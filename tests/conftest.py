@@ -22,24 +22,25 @@ layers = keras.layers
 
 
 def tiny_cnn(residual: bool = True, num_classes: int = 4, width: int = 8) -> keras.Model:
-    """A 16x16 CNN with every block shape quantize_model must handle.
+    """A 16x16 CNN with every block shape quantize_model must handle (BN momentum 0.9, so the
+    moving statistics settle within the few dozen steps a test trains).
 
     first conv (float) -> BN -> ReLU; conv -> BN -> ReLU; residual conv -> BN -> Add -> ReLU;
     depthwise -> BN -> ReLU; pointwise conv -> ReLU (standalone); GAP; Dense -> ReLU; Dense (float).
     """
     inputs = keras.Input((16, 16, 3))
     x = layers.Conv2D(width, 3, padding="same", name="stem")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     y = layers.Conv2D(width, 3, padding="same", use_bias=False, name="conv1")(x)
-    y = layers.BatchNormalization(name="bn1")(y)
+    y = layers.BatchNormalization(momentum=0.9, name="bn1")(y)
     y = layers.ReLU(name="relu1")(y)
     if residual:
         y = layers.Conv2D(width, 3, padding="same", use_bias=False, name="conv2")(y)
-        y = layers.BatchNormalization(name="bn2")(y)
+        y = layers.BatchNormalization(momentum=0.9, name="bn2")(y)
         y = layers.ReLU(name="relu2")(layers.Add(name="add")([x, y]))
     y = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, name="dw")(y)
-    y = layers.BatchNormalization(name="dw_bn")(y)
+    y = layers.BatchNormalization(momentum=0.9, name="dw_bn")(y)
     y = layers.ReLU(name="dw_relu")(y)
     y = layers.Conv2D(2 * width, 1, name="pw")(y)
     y = layers.ReLU(name="pw_relu")(y)

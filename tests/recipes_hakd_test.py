@@ -1,0 +1,256 @@
+"""recipes/hakd.py: smoke run on tiny CIFAR-10 slices, flag checks, attention transfer."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from absl import flags
+from conftest import blobs, tiny_cnn
+
+from apprentice_tf import hardware
+from apprentice_tf.compat import keras
+from recipes import hakd
+from recipes._common import RecipeError
+
+_TINY_GRID = json.dumps([{"depth": 8, "width_multiplier": w} for w in (0.25, 0.5)])
+
+
+def tiny_config(tmp_path, **overrides) -> hakd.HAKDConfig:
+    """Seconds-scale settings: ResNet-8 teacher and students, 256/128 images, 1 epoch, 3 runs."""
+    settings = {
+        "train_split": "train[:256]",
+        "test_split": "test[:128]",
+        "teacher": "resnet8",
+        "teacher_width": 1.0,
+        "family": "resnet",
+        "grid": _TINY_GRID,
+        "latency_budget_ms": 5.0,
+        "runs": 3,
+        "warmup": 1,
+        "epochs": 1,
+        "batch_size": 64,
+        "channel_keep": (0.5,),
+        "sweep_ops": ("conv",),
+        "sweep_sizes": (8,),
+        "sweep_channels": (8, 16),
+        "output_dir": str(tmp_path / "run"),
+        "threads": 2,
+        "verbose": 0,
+    }
+    settings.update(overrides)
+    return hakd.HAKDConfig(**settings)
+
+
+def test_smoke_run_writes_results_within_budget(tmp_path):
+    config = tiny_config(tmp_path, sweep=True)
+    results = hakd.run(config)
+    out = tmp_path / "run"
+
+    for name in ("results.json", "results.md", "latency_table.json", "student.tflite"):
+        assert (out / name).is_file(), name
+    for png in ("layer_sweep.png", "accuracy_vs_latency.png", "curves.png", "accuracy_vs_size.png"):
+        assert (out / png).stat().st_size > 1000, png
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["config"]["latency_budget_ms"] == 5.0
+
+    schemes = [row["scheme"] for row in results["rows"]]
+    assert schemes[0] == "HAKD (KD+AT)" and schemes[1] == "teacher"
+    assert any(s.startswith("magnitude pruning") for s in schemes)
+    assert any(s.startswith("channel pruning") for s in schemes)
+    for row in results["rows"]:
+        assert row["latency_ms"] > 0 and row["latency_p90_ms"] >= row["latency_ms"]
+        assert 0 <= row["tflite_top1"] <= 1 and row["file_bytes"] > 0
+
+    # The selected student fits the budget per the table, and no bigger candidate does.
+    selection = results["selection"]
+    table = hardware.LatencyTable.load(out / "latency_table.json")
+    chosen = table.filter(kind="student", names=[selection["name"]]).rows
+    assert len(chosen) == 1 and 0 < chosen[0].median_ms <= config.latency_budget_ms
+    for other in selection["considered"]:
+        if other["params"] > selection["params"]:
+            assert other["median_ms"] > config.latency_budget_ms
+    assert results["rows"][0]["table_ms"] == pytest.approx(chosen[0].median_ms)
+
+    estimate = results["latency_estimate"]
+    assert estimate["estimate_ms"] > 0 and estimate["measured_ms"] > 0
+    assert estimate["error_ms"] == pytest.approx(estimate["estimate_ms"] - estimate["measured_ms"])
+    assert isinstance(results["steps"], list)
+    assert results["attention_stages"] and results["channel_keep"] == 0.5
+
+    magnitude = next(r for r in results["rows"] if r["scheme"].startswith("magnitude"))
+    assert magnitude["nonzero_params"] < magnitude["params"]
+    markdown = (out / "results.md").read_text()
+    assert "latency ms (deployed)" in markdown and selection["name"] in markdown
+    assert "error" in markdown
+
+
+def _fake_foreign_table(path):
+    row = hardware.LatencyRow(
+        name="x",
+        key="k",
+        kind="block",
+        device_id="elsewhere-4c-00000000",
+        num_threads=1,
+        quantize=None,
+        batch_size=1,
+        params=1,
+        tflite_bytes=1,
+        median_ms=1.0,
+        p90_ms=1.0,
+        p10_ms=1.0,
+        spread_ms=0.0,
+        std_ms=0.0,
+        runs=1,
+        warmup=0,
+    )
+    table = hardware.LatencyTable()
+    table.add(row, {"id": "elsewhere-4c-00000000", "cpu": "elsewhere"})
+    table.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"latency_budget_ms": 0.0}, "latency_budget_ms"),
+        ({"latency_budget_ms": -1.0}, "latency_budget_ms"),
+        ({"num_threads": 0}, "num_threads"),
+        ({"runs": 0}, "runs"),
+        ({"family": "vgg"}, "family"),
+        ({"teacher_checkpoint": "/nonexistent/teacher.weights.h5"}, "teacher_checkpoint"),
+        ({"teacher": "resnet21"}, "teacher"),
+        ({"weight_bits": "3"}, "weight_bits"),
+        ({"grid": '[{"width": 2}]'}, "grid"),
+        ({"channel_keep": (0.0,)}, "channel_keep"),
+        ({"table": "/nonexistent/table.json"}, "table"),
+        ({"sweep": True, "sweep_ops": ("dilated",)}, "sweep_ops"),
+    ],
+)
+def test_bad_flags_raise_before_anything_is_written(tmp_path, overrides, match):
+    config = tiny_config(tmp_path, **overrides)
+    with pytest.raises(RecipeError, match=match):
+        hakd.run(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "run"
+    target.write_text("not a directory")
+    with pytest.raises(RecipeError, match="output_dir"):
+        hakd.run(tiny_config(tmp_path))
+    assert target.read_text() == "not a directory"
+
+
+def test_foreign_table_needs_allow_foreign(tmp_path):
+    table = _fake_foreign_table(tmp_path / "foreign.json")
+    before = (tmp_path / "foreign.json").read_text()
+    with pytest.raises(RecipeError, match="another device"):
+        hakd.run(tiny_config(tmp_path, table=table))
+    assert not (tmp_path / "run").exists()
+    assert (tmp_path / "foreign.json").read_text() == before
+    hakd.validate(tiny_config(tmp_path, table=table, allow_foreign=True))  # accepted
+
+
+def test_flags_parse_into_the_config():
+    values = flags.FlagValues()
+    hakd.define_flags(values)
+    values(
+        [
+            "hakd",
+            "--latency_budget_ms=0.5",
+            "--family=densenet",
+            "--channel_keep=0.25,0.5",
+            "--sweep_channels=8,16",
+            "--weight_bits=ternary",
+            "--sweep",
+        ]
+    )
+    config = hakd.config_from_flags(values)
+    assert config == dataclasses.replace(
+        hakd.HAKDConfig(),
+        latency_budget_ms=0.5,
+        family="densenet",
+        channel_keep=(0.25, 0.5),
+        sweep_channels=(8, 16),
+        weight_bits="ternary",
+        sweep=True,
+    )
+
+
+def test_choose_keep_prefers_the_slowest_fitting_fraction():
+    assert hakd._choose_keep({0.25: 1.0, 0.5: 2.0, 0.75: 4.0}, 3.0) == 0.5
+    assert hakd._choose_keep({0.25: 5.0, 0.5: 6.0}, 3.0) == 0.25  # none fits: the fastest
+
+
+def test_match_stages_pairs_equal_resolutions():
+    teacher, student = tiny_cnn(width=8), tiny_cnn(width=4)
+    assert hakd.match_stages(teacher, student) == [("relu2", "relu2"), ("pw_relu", "pw_relu")]
+
+
+def test_attention_distiller_trains_the_student_only_and_logs_attention(tmp_path):
+    keras.utils.set_random_seed(0)
+    teacher, student = tiny_cnn(width=8), tiny_cnn(width=4)
+    x, y = blobs(64)
+    distiller = hakd.AttentionDistiller(
+        student, teacher, stages=hakd.match_stages(teacher, student), attention_beta=1000.0
+    )
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05), metrics=["accuracy"])
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    student_before = [w.copy() for w in student.get_weights()]
+    history = distiller.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    assert all(
+        np.array_equal(a, b) for a, b in zip(teacher_before, teacher.get_weights(), strict=True)
+    )
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(student_before, student.get_weights(), strict=True)
+    )
+    assert history["attention"][0] > 0
+    assert history["attention"][-1] < history["attention"][0]
+
+    # The attention term is part of the loss: it equals the sum of the terms it logs.
+    logs = distiller.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    expected = 0.5 * logs["student_ce"] + 0.5 * logs["distillation"] + logs["attention"]
+    assert logs["loss"] == pytest.approx(expected, rel=1e-4)
+
+    config = json.loads(json.dumps(distiller.get_config()))
+    again = hakd.AttentionDistiller.from_config(config)
+    assert (
+        again.get_config()["stages"]
+        == config["stages"]
+        == [["relu2", "relu2"], ["pw_relu", "pw_relu"]]
+    )
+    assert again.attention_beta == 1000.0
+
+    distiller.save_weights(tmp_path / "d.weights.h5")
+    fresh = hakd.AttentionDistiller(tiny_cnn(width=4), tiny_cnn(width=8), stages=distiller.stages)
+    fresh.load_weights(tmp_path / "d.weights.h5")
+    for a, b in zip(student.get_weights(), fresh.student.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_attention_distiller_rejects_bad_stages():
+    teacher, student = tiny_cnn(width=8), tiny_cnn(width=4)
+    with pytest.raises(ValueError, match="no layer"):
+        hakd.AttentionDistiller(student, teacher, stages=[("relu2", "missing")])
+    with pytest.raises(ValueError, match="stages"):
+        hakd.AttentionDistiller(student, teacher, stages=[])
+    with pytest.raises(ValueError, match="frozen"):
+        hakd.AttentionDistiller(student, teacher, stages=[("relu2", "relu2")], train_teacher=True)
+
+
+@pytest.mark.slow
+def test_ternary_student_run_resumes_and_reuses_the_table(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, weight_bits="ternary", attention_beta=0.0)
+    first = hakd.run(config)
+    assert first["rows"][0]["bits"] == "ternary/8" and first["rows"][0]["scheme"] == "HAKD (KD)"
+    levels = [w["levels"] for w in first["rows"][0]["inspection"] if w["levels"] <= 3]
+    assert levels, "no ternary layer in the deployed student"
+
+    calls = []
+    monkeypatch.setattr(hardware, "_time_invokes", lambda *a, **k: calls.append(a) or [1.0])
+    second = hakd.run(config)  # every stage finished, every latency stored: nothing re-timed
+    assert calls == []
+    assert second["selection"]["name"] == first["selection"]["name"]
+    for a, b in zip(first["rows"], second["rows"], strict=True):
+        assert a["keras_top1"] == pytest.approx(b["keras_top1"])
