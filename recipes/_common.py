@@ -93,7 +93,9 @@ def train_stage(
         train_data,
         epochs=epochs,
         validation_data=validation_data,
-        callbacks=[backup, logger, *callbacks],
+        # BackupAndRestore first (it restores before anything else runs); the CSV logger last,
+        # so it records what the caller's callbacks add to the epoch logs (e.g. λ).
+        callbacks=[backup, *callbacks, logger],
         verbose=verbose,
     )
     model.save_weights(weights)
