@@ -19,7 +19,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from apprentice_tf import progressive, tflite
 from apprentice_tf.compat import keras
 from recipes import progressive as recipe
-from recipes._common import RecipeError
+from recipes._common import RecipeError, read_history
 
 TINY = {
     "train_split": "train[:256]",
@@ -96,7 +96,7 @@ def resumed(tmp_path_factory):
         with pytest.raises(_Interrupted):
             recipe.run(config)
     output_dir = Path(config.output_dir)
-    lambda_before = (output_dir / "progressive_lambda.csv").read_text()
+    lambda_before = read_history(output_dir / "progressive.csv")["ancillary_scale"]
     record = _RecordAtTrainBegin()
     with pytest.MonkeyPatch.context() as monkeypatch:
         _with_callbacks(monkeypatch, "progressive", record)
@@ -187,7 +187,7 @@ def test_lambda_per_epoch_follows_the_schedule_and_ends_at_zero(resumed):
 def test_backup_and_restore_restores_lambda_on_resume(resumed):
     record = resumed["record"]
     # Resumed after epoch 1 of 2: 4 steps done, and λ is the backed-up 0.25, not a new model's 1.
-    assert resumed["lambda_before"] == "0,0.25\n"
+    assert resumed["lambda_before"] == [0.25]
     assert record.step == 4
     assert record.scales == [0.25]
     # Each epoch is logged once although the stage ran in two pieces.
@@ -310,6 +310,7 @@ def test_too_few_steps_for_the_decay_is_refused_before_writing(tmp_path):
 
 
 def test_main_prints_one_line_error_and_exits(tmp_path):
+    recipe.define_flags()  # ours again, should another recipe have redefined shared names
     flags.FLAGS(["progressive", "--weight_bits=ternery", f"--output_dir={tmp_path / 'out'}"])
     try:
         with pytest.raises(SystemExit) as exit_info:

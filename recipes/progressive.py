@@ -1,0 +1,490 @@
+"""Progressive learning of a low-precision network, with and without ancillary branches.
+
+Zhou et al., "Progressive learning of low-precision networks", arXiv:1905.11781 (METHODS.md §2).
+The same low-precision network (ternary or k-bit weights, k-bit activations, first conv and last
+dense kept float) is trained twice on the same budget, data order and seed:
+
+- stage ``plain``: the network alone (`apprentice_tf.quantize.quantize_model`);
+- stage ``progressive``: every low-precision conv gets a full-precision twin,
+  y = conv_lp(x) + λ·conv_fp(x) (`apprentice_tf.progressive.add_ancillary`), λ goes from 1 to
+  exactly 0 at ``decay_end_fraction`` of the training steps (`AncillaryDecay`, ``by="step"``),
+  training continues with λ = 0, and the twins are removed (`strip_ancillary`).
+
+With ``--teacher`` both stages are distilled (`apprentice_tf.distiller.Distiller`, the Apprentice
+loss with the paper's weights) from a full-precision ResNet trained first as stage ``teacher``
+or loaded from ``--teacher_checkpoint``. Optimiser: SGD, momentum 0.9, cosine learning-rate decay
+to 0 over the run. Each deployable network is converted to TFLite, inspected and evaluated
+(`recipes._common.deploy`). Written to ``--output_dir``: ``results.json`` (rows, validation top-1
+per epoch of both stages, λ per epoch), ``results.md``, ``curves.png`` (validation top-1 per epoch,
+both stages), ``accuracy_vs_size.png``, ``plain.tflite``, ``progressive.tflite`` and the per-stage
+logs and weights that make a second run of the same command resume (`recipes._common`).
+
+Note on the curves: while λ > 0 the progressive stage's validation top-1 is that of the expanded
+network (with the float twins); from the epoch where λ reaches 0 it is that of the deployable one.
+
+Usage::
+
+    python -m recipes.progressive --model=resnet20 --weight_bits=ternary --epochs=30 \\
+        --decay_schedule=cosine --decay_end_fraction=0.5 --output_dir=runs/progressive
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+
+from apprentice_tf import data as atf_data
+from apprentice_tf import progressive, reporting
+from apprentice_tf.compat import keras, tf
+from apprentice_tf.distiller import Distiller
+from apprentice_tf.models import resnet
+from apprentice_tf.quantize import quantize_model
+from recipes._common import (
+    RecipeError,
+    check_choice,
+    check_file,
+    check_output_dir,
+    check_positive,
+    configure_threads,
+    deploy,
+    finish,
+    keras_top1,
+    run_main,
+    train_stage,
+)
+
+__all__ = [
+    "ProgressiveConfig",
+    "WEIGHT_BITS",
+    "ACTIVATION_BITS",
+    "KERNEL_SIZES",
+    "define_flags",
+    "config_from_flags",
+    "validate",
+    "decay_end_step",
+    "build_resnet",
+    "run",
+    "main",
+]
+
+#: Allowed ``--weight_bits`` values (strings, as the flag gives them).
+WEIGHT_BITS = ("ternary", "2", "4", "8")
+#: Allowed ``--activation_bits`` values.
+ACTIVATION_BITS = (8, 4)
+#: Allowed ``--kernel_size`` values: None (the twin has the conv's kernel size) or 1 (1×1 twin).
+KERNEL_SIZES = (None, 1)
+#: The CIFAR ResNets of He et al. (2016): depth 6n + 2.
+_RESNET = re.compile(r"resnet(\d+)")
+_MOMENTUM = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressiveConfig:
+    """Settings of one run (the flags of the same names).
+
+    Attributes:
+      dataset: a 32×32 tfds dataset (cifar10, cifar100, svhn_cropped).
+      train_split, test_split: tfds split expressions (e.g. "train[:20%]").
+      model: the student, a CIFAR ResNet "resnet<6n+2>" (resnet20, resnet32, ...).
+      width: the student's width multiplier.
+      weight_bits: "ternary", "2", "4" or "8".
+      activation_bits: 8 or 4.
+      epochs: training epochs of each stage (the same budget for both).
+      decay_schedule: λ's decay law, one of `apprentice_tf.progressive.SCHEDULES`.
+      decay_end_fraction: λ reaches exactly 0 after this fraction of the training steps, in (0, 1].
+      kernel_size: None (ancillary twin has the conv's kernel size) or 1 (1×1 twin).
+      teacher: "" (no distillation) or a CIFAR ResNet name for the full-precision teacher.
+      teacher_width: the teacher's width multiplier.
+      teacher_checkpoint: "" (train the teacher as stage "teacher") or a teacher's weights
+        (``.weights.h5`` / ``.h5`` / checkpoint of the same architecture) or a ``.keras`` model.
+      batch_size, learning_rate: SGD (momentum 0.9) with cosine decay of `learning_rate` to 0.
+      augment: pad-crop-flip augmentation of the training split.
+      seed: seeds the weights, the data order and the augmentation of every stage.
+      output_dir: where everything is written.
+      threads: TensorFlow intra/inter-op threads (0: TensorFlow's default).
+      verbose: Keras verbosity (0, 1, 2).
+    """
+
+    dataset: str = "cifar10"
+    train_split: str = "train"
+    test_split: str = "test"
+    model: str = "resnet20"
+    width: float = 1.0
+    weight_bits: str = "ternary"
+    activation_bits: int = 8
+    epochs: int = 100
+    decay_schedule: str = "linear"
+    decay_end_fraction: float = 0.5
+    kernel_size: int | None = None
+    teacher: str = ""
+    teacher_width: float = 1.0
+    teacher_checkpoint: str = ""
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    output_dir: str = "runs/progressive"
+    threads: int = 0
+    verbose: int = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Flags
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define the recipe's flags (defaults from `ProgressiveConfig`) in `flag_values`.
+
+    Defined with ``allow_override`` so that importing several recipes into one process (tests)
+    does not fail on flag names they share (``--epochs``, ``--output_dir``, ...).
+    """
+    d = ProgressiveConfig()
+    common = {"flag_values": flag_values, "allow_override": True}
+    flags.DEFINE_string("dataset", d.dataset, "32x32 tfds dataset.", **common)
+    flags.DEFINE_string("train_split", d.train_split, "tfds training split.", **common)
+    flags.DEFINE_string("test_split", d.test_split, "tfds test split.", **common)
+    flags.DEFINE_string("model", d.model, "Student: CIFAR ResNet, resnet<6n+2>.", **common)
+    flags.DEFINE_float("width", d.width, "Student width multiplier.", **common)
+    flags.DEFINE_string("weight_bits", d.weight_bits, f"One of {list(WEIGHT_BITS)}.", **common)
+    flags.DEFINE_integer(
+        "activation_bits", d.activation_bits, f"One of {list(ACTIVATION_BITS)}.", **common
+    )
+    flags.DEFINE_integer("epochs", d.epochs, "Epochs of each stage.", **common)
+    flags.DEFINE_string(
+        "decay_schedule", d.decay_schedule, f"One of {list(progressive.SCHEDULES)}.", **common
+    )
+    flags.DEFINE_float(
+        "decay_end_fraction",
+        d.decay_end_fraction,
+        "λ reaches 0 after this fraction of the training steps, in (0, 1].",
+        **common,
+    )
+    flags.DEFINE_integer(
+        "kernel_size", d.kernel_size, "Unset: twins copy the kernel size; 1: 1x1 twins.", **common
+    )
+    flags.DEFINE_string("teacher", d.teacher, "Empty, or a CIFAR ResNet teacher name.", **common)
+    flags.DEFINE_float("teacher_width", d.teacher_width, "Teacher width multiplier.", **common)
+    flags.DEFINE_string(
+        "teacher_checkpoint", d.teacher_checkpoint, "Trained teacher (else trained).", **common
+    )
+    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.", **common)
+    flags.DEFINE_float("learning_rate", d.learning_rate, "Initial SGD learning rate.", **common)
+    flags.DEFINE_bool("augment", d.augment, "Pad-crop-flip training augmentation.", **common)
+    flags.DEFINE_integer("seed", d.seed, "Seed of weights, data order, augmentation.", **common)
+    flags.DEFINE_string("output_dir", d.output_dir, "Output directory.", **common)
+    flags.DEFINE_integer("threads", d.threads, "TensorFlow threads (0: default).", **common)
+    flags.DEFINE_integer("verbose", d.verbose, "Keras verbosity.", **common)
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ProgressiveConfig:
+    """The `ProgressiveConfig` of parsed flags (not yet validated: `run` validates)."""
+    names = [field.name for field in dataclasses.fields(ProgressiveConfig)]
+    return ProgressiveConfig(**{name: flag_values[name].value for name in names})
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks and small pieces
+
+
+def _resnet_depth(flag: str, name: str) -> int:
+    match = _RESNET.fullmatch(name) if isinstance(name, str) else None
+    depth = int(match.group(1)) if match else 0
+    if depth < 8 or (depth - 2) % 6:
+        raise RecipeError(
+            f"--{flag}={name!r} is not a CIFAR ResNet; use resnet<6n+2>, e.g. resnet8, resnet20, "
+            "resnet32, resnet56, resnet110."
+        )
+    return depth
+
+
+def _weight_bits(value: str | int) -> str | int:
+    """'ternary' or the integer bit width, from the flag's string."""
+    text = str(value)
+    return text if text == "ternary" else int(text)
+
+
+def validate(config: ProgressiveConfig) -> Path:
+    """Check every setting before anything is trained or written; returns the output directory.
+
+    Raises:
+      RecipeError: one line naming the flag, what was received and what is allowed.
+    """
+    output_dir = check_output_dir(config.output_dir)
+    check_choice("dataset", config.dataset, sorted(atf_data.SMALL_IMAGE_STATS))
+    for flag in ("train_split", "test_split"):
+        if not getattr(config, flag):
+            raise RecipeError(f"--{flag} must be a tfds split expression, received ''.")
+    _resnet_depth("model", config.model)
+    check_positive("width", config.width)
+    if isinstance(config.weight_bits, bool) or str(config.weight_bits) not in WEIGHT_BITS:
+        raise RecipeError(
+            f"--weight_bits={config.weight_bits!r} is not allowed; use one of {list(WEIGHT_BITS)}."
+        )
+    check_choice("activation_bits", config.activation_bits, ACTIVATION_BITS)
+    if isinstance(config.epochs, bool) or not isinstance(config.epochs, int):
+        raise RecipeError(f"--epochs must be an integer, received {config.epochs!r}.")
+    check_positive("epochs", config.epochs)
+    check_choice("decay_schedule", config.decay_schedule, progressive.SCHEDULES)
+    fraction = config.decay_end_fraction
+    if not (isinstance(fraction, int | float) and 0.0 < fraction <= 1.0):
+        raise RecipeError(f"--decay_end_fraction must be in (0, 1], received {fraction!r}.")
+    check_choice("kernel_size", config.kernel_size, KERNEL_SIZES)
+    if config.teacher:
+        _resnet_depth("teacher", config.teacher)
+        check_positive("teacher_width", config.teacher_width)
+    elif config.teacher_checkpoint:
+        raise RecipeError(
+            f"--teacher_checkpoint={config.teacher_checkpoint!r} needs --teacher (the teacher's "
+            "architecture, e.g. --teacher=resnet56)."
+        )
+    check_file("teacher_checkpoint", config.teacher_checkpoint)
+    check_positive("batch_size", config.batch_size)
+    check_positive("learning_rate", config.learning_rate)
+    if config.threads < 0:
+        raise RecipeError(f"--threads must be >= 0, received {config.threads}.")
+    return output_dir
+
+
+def decay_end_step(fraction: float, total_steps: int) -> int:
+    """The optimizer step T at which λ becomes exactly 0 (`AncillaryDecay`'s ``end_step``).
+
+    T = round(fraction · total_steps), at least 1, and at most total_steps − 1 so that the last
+    update is made, and the last validation measured, with λ = 0 even when ``fraction = 1``.
+    """
+    if total_steps < 2:
+        raise RecipeError(
+            f"the progressive stage needs at least 2 training steps (λ must reach 0 before the "
+            f"end), received {total_steps}: use more epochs, more data or a smaller --batch_size."
+        )
+    return min(max(1, round(fraction * total_steps)), total_steps - 1)
+
+
+def build_resnet(name: str, width: float, num_classes: int) -> keras.Model:
+    """The float CIFAR ResNet ``resnet<depth>`` (He et al., 2016) at `width`."""
+    depth = _resnet_depth("model", name)
+    return resnet.cifar_resnet(depth, num_classes=num_classes, width_multiplier=width)
+
+
+def _datasets(config: ProgressiveConfig) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    train = atf_data.load(
+        config.dataset,
+        config.train_split,
+        config.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+    )
+    test = atf_data.load(config.dataset, config.test_split, config.batch_size)
+    return train, test
+
+
+def _steps_per_epoch(dataset: tf.data.Dataset) -> int:
+    steps = int(dataset.cardinality())
+    if steps < 0:  # unknown: count once
+        steps = sum(1 for _ in dataset)
+    return steps
+
+
+def _optimizer(config: ProgressiveConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
+    return keras.optimizers.SGD(schedule, momentum=_MOMENTUM)
+
+
+def _load_teacher(config: ProgressiveConfig, num_classes: int) -> keras.Model:
+    path = config.teacher_checkpoint
+    try:
+        if path.endswith(".keras"):
+            return keras.models.load_model(path, compile=False)
+        teacher = build_resnet(config.teacher, config.teacher_width, num_classes)
+        teacher.load_weights(path)
+        return teacher
+    except (ValueError, OSError, KeyError, tf.errors.OpError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise RecipeError(
+            f"--teacher_checkpoint={path!r} does not load into --teacher={config.teacher} "
+            f"(width {config.teacher_width:g}): {first_line}"
+        ) from None
+
+
+def _fit(
+    stage: str,
+    student: keras.Model,
+    teacher: keras.Model | None,
+    config: ProgressiveConfig,
+    total_steps: int,
+    output_dir: Path,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict[str, list[float]]:
+    """Train `student` (distilled from `teacher` if given) as a resumable stage."""
+    train, test = _datasets(config)
+    if teacher is None:
+        model = student
+        model.compile(
+            optimizer=_optimizer(config, total_steps),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    else:
+        model = Distiller(student, teacher)
+        model.compile(optimizer=_optimizer(config, total_steps), metrics=["accuracy"])
+    return train_stage(
+        stage,
+        model,
+        train,
+        config.epochs,
+        output_dir,
+        validation_data=test,
+        callbacks=callbacks,
+        verbose=config.verbose,
+    )
+
+
+def _per_epoch_table(curves: dict[str, list[float]], scales: list[float]) -> str:
+    epochs = max([len(values) for values in curves.values()] + [len(scales)])
+    rows = []
+    for epoch in range(epochs):
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        for name, values in curves.items():
+            row[name] = values[epoch] if epoch < len(values) else None
+        row["lambda"] = scales[epoch] if epoch < len(scales) else None
+        rows.append(row)
+    columns = [("epoch", "epoch")]
+    columns += [(name, f"{name} val top-1") for name in curves]
+    columns += [("lambda", "λ (end of epoch)")]
+    return reporting.markdown_table(rows, columns)
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+def run(config: ProgressiveConfig) -> dict[str, Any]:
+    """Train plain and progressive low-precision networks, deploy both, write the results.
+
+    Returns:
+      The results dictionary written to ``results.json``: ``config``, ``machine``, ``rows``
+      (teacher, if any, then plain and progressive, each deployed via TFLite), ``curves``
+      (validation top-1 per epoch of "plain" and "progressive"), ``lambda`` (λ at the end of
+      each epoch of the progressive stage), ``decay`` (schedule, end step, steps per epoch,
+      total steps), ``ancillary`` (branch count and parameter counts) and ``histories``.
+
+    Raises:
+      RecipeError: a bad setting (see `validate`), a split too small for the decay, or a teacher
+        checkpoint that does not load; raised before anything is written.
+    """
+    output_dir = validate(config)
+    configure_threads(config.threads)
+    weight_bits = _weight_bits(config.weight_bits)
+    num_classes = atf_data.num_classes(config.dataset)
+    train, _ = _datasets(config)
+    steps_per_epoch = _steps_per_epoch(train)
+    total_steps = steps_per_epoch * config.epochs
+    end_step = decay_end_step(config.decay_end_fraction, total_steps)
+    teacher = None
+    if config.teacher_checkpoint:
+        teacher = _load_teacher(config, num_classes)
+
+    rows: list[dict[str, Any]] = []
+    histories: dict[str, dict[str, list[float]]] = {}
+    test = _datasets(config)[1]
+    if config.teacher:
+        if teacher is None:
+            keras.utils.set_random_seed(config.seed)
+            teacher = build_resnet(config.teacher, config.teacher_width, num_classes)
+            histories["teacher"] = _fit("teacher", teacher, None, config, total_steps, output_dir)
+        teacher.trainable = False
+        rows.append(
+            {
+                "model": f"{config.teacher} w{config.teacher_width:g}",
+                "bits": "32/32",
+                "scheme": "teacher",
+                "keras_top1": keras_top1(teacher, test),
+            }
+        )
+
+    quantize_kwargs = {"weight_bits": weight_bits, "activation_bits": config.activation_bits}
+    keras.utils.set_random_seed(config.seed)
+    plain = quantize_model(build_resnet(config.model, config.width, num_classes), **quantize_kwargs)
+    histories["plain"] = _fit("plain", plain, teacher, config, total_steps, output_dir)
+
+    keras.utils.set_random_seed(config.seed)  # the same float weights as the plain network
+    expanded = progressive.add_ancillary(
+        build_resnet(config.model, config.width, num_classes),
+        kernel_size=config.kernel_size,
+        **quantize_kwargs,
+    )
+    decay = progressive.AncillaryDecay(config.decay_schedule, end_step=end_step, by="step")
+    histories["progressive"] = _fit(
+        "progressive",
+        expanded,
+        teacher,
+        config,
+        total_steps,
+        output_dir,
+        callbacks=[decay],
+    )
+    final_scales = progressive.get_ancillary_scale(expanded)
+    if any(value != 0.0 for value in final_scales):
+        raise RuntimeError(
+            f"progressive stage ended with λ = {final_scales}, expected 0 after step {end_step} "
+            f"of {total_steps}; delete {output_dir / 'progressive.weights.h5'} and run again."
+        )
+    stripped = progressive.strip_ancillary(expanded)
+
+    model_label = f"{config.model} w{config.width:g}"
+    bits = f"{config.weight_bits}/{config.activation_bits}"
+    suffix = "+KD" if teacher is not None else ""
+    for stage, network in (("plain", plain), ("progressive", stripped)):
+        row = {"model": model_label, "bits": bits, "scheme": f"{stage}{suffix}"}
+        rows.append(deploy(network, output_dir / f"{stage}.tflite", test, row, config.verbose))
+
+    curves = {stage: histories[stage].get("val_accuracy", []) for stage in ("plain", "progressive")}
+    scales = histories["progressive"].get("ancillary_scale", [])
+    twin_classes = (progressive.AncillaryConv2D, progressive.AncillaryDepthwiseConv2D)
+    twins = [layer for layer in expanded.layers if isinstance(layer, twin_classes)]
+    extra = {
+        "lambda": {"progressive": scales},
+        "decay": {
+            "schedule": config.decay_schedule,
+            "by": "step",
+            "end_step": end_step,
+            "end_epoch": end_step / steps_per_epoch,
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+        },
+        "ancillary": {
+            "branches": len(twins),
+            "kernel_size": config.kernel_size,
+            "parameters_expanded": int(expanded.count_params()),
+            "parameters_deployed": int(stripped.count_params()),
+        },
+        "histories": histories,
+    }
+    results = finish(output_dir, config, rows, curves, extra)
+    results_md = output_dir / "results.md"
+    reporting.write_text(
+        results_md,
+        results_md.read_text(encoding="utf-8")
+        + "\n## Per epoch\n\n"
+        + _per_epoch_table(curves, scales)
+        + f"\n\nλ: {config.decay_schedule} decay to 0 at step {end_step} of {total_steps} "
+        f"(epoch {end_step / steps_per_epoch:.2f}); {len(twins)} ancillary branches.\n",
+    )
+    return results
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: flags → `ProgressiveConfig` → `run`; prints the results table."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run_main(run, config_from_flags)
+
+
+define_flags()
+
+if __name__ == "__main__":
+    app.run(main)
