@@ -226,42 +226,6 @@ class NBitQuantizeConfig(_WeightQuantizeConfig):
 
 
 @keras.utils.register_keras_serializable(package="apprentice_tf")
-class ActivationQuantizeConfig(SettingsEquality, _QuantizeConfig):
-    """Quantizes the output of a weightless layer (ReLU, BatchNormalization) to k bits.
-
-    The range is tracked by a moving average (`ActivationQuantizer`); after a ReLU its minimum is
-    0, which makes it the unsigned k-bit activation of Mishra & Marr.
-
-    Args:
-      num_bits: 2 to 8.
-    """
-
-    def __init__(self, num_bits: int = 8) -> None:
-        ActivationQuantizer(num_bits)  # validates
-        self.num_bits = num_bits
-
-    def get_weights_and_quantizers(self, layer: keras.layers.Layer) -> list:
-        return []
-
-    def get_activations_and_quantizers(self, layer: keras.layers.Layer) -> list:
-        return []
-
-    def set_quantize_weights(self, layer: keras.layers.Layer, quantize_weights: list) -> None:
-        pass
-
-    def set_quantize_activations(
-        self, layer: keras.layers.Layer, quantize_activations: list
-    ) -> None:
-        pass
-
-    def get_output_quantizers(self, layer: keras.layers.Layer) -> list:
-        return [ActivationQuantizer(self.num_bits)]
-
-    def get_config(self) -> dict[str, Any]:
-        return {"num_bits": self.num_bits}
-
-
-@keras.utils.register_keras_serializable(package="apprentice_tf")
 class NoOpQuantizeConfig(SettingsEquality, _QuantizeConfig):
     """Quantizes nothing; marks a layer (an Add before a ReLU) as part of an integer op.
 
@@ -289,3 +253,25 @@ class NoOpQuantizeConfig(SettingsEquality, _QuantizeConfig):
 
     def get_config(self) -> dict[str, Any]:
         return {}
+
+
+@keras.utils.register_keras_serializable(package="apprentice_tf")
+class ActivationQuantizeConfig(NoOpQuantizeConfig):
+    """Quantizes the output of a weightless layer (ReLU, BatchNormalization) to k bits.
+
+    The range is tracked by a moving average (`ActivationQuantizer`); after a ReLU its minimum is
+    0, which makes it the unsigned k-bit activation of Mishra & Marr.
+
+    Args:
+      num_bits: 2 to 8.
+    """
+
+    def __init__(self, num_bits: int = 8) -> None:
+        ActivationQuantizer(num_bits)  # validates
+        self.num_bits = num_bits
+
+    def get_output_quantizers(self, layer: keras.layers.Layer) -> list:
+        return [ActivationQuantizer(self.num_bits)]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_bits": self.num_bits}
