@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "RESULT_COLUMNS",
+    "write_bytes",
     "write_text",
     "write_json",
     "markdown_table",
@@ -41,16 +42,26 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` atomically (temporary file, then rename); returns the path."""
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temporary file, then rename); returns the path.
+
+    The file gets the permissions a plain `open` would give it (0666 less the umask), not the
+    temporary file's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8"
-    ) as handle:
-        handle.write(text)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, 0o666 & ~umask)
     os.replace(handle.name, path)
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically; see `write_bytes`."""
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:

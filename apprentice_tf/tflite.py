@@ -11,7 +11,6 @@ import dataclasses
 import gzip
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
+from apprentice_tf import reporting
 from apprentice_tf.compat import check_keras_object, keras, tf
 
 __all__ = [
@@ -323,9 +323,7 @@ def convert(
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         flatbuffer = converter.convert()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(flatbuffer)
-    os.replace(handle.name, path)
+    reporting.write_bytes(path, flatbuffer)
     weights = inspect(path)
     if int4_weights and not any(w.dtype == "INT4" for w in weights):
         warnings.warn(
@@ -471,7 +469,9 @@ def evaluate(
     if isinstance(dataset, tf.data.Dataset):
         known = int(dataset.cardinality())
         cardinality = known if known > 0 else None
-    progress = keras.utils.Progbar(cardinality, verbose=verbose, unit_name="batch")
+    progress = keras.utils.Progbar(
+        cardinality, verbose=verbose, unit_name="batch", stateful_metrics=["accuracy"]
+    )
     for step, (x, y) in enumerate(dataset, start=1):
         x, y = np.asarray(x), np.asarray(y).reshape(-1)
         start = time.perf_counter()

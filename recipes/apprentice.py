@@ -1,0 +1,712 @@
+r"""Apprentice schemes A, B and C (Mishra & Marr, ICLR 2018, arXiv:1711.05852) on CIFAR.
+
+A low-precision student (ternary or k-bit weights, `apprentice_tf.quantize_model`) learns from a
+full-precision teacher with the Apprentice loss
+
+    L = α·H(y, p_T) + β·H(y, p_A) + γ·τ²·H(p_T(τ), p_A(τ))      (paper: α=1, β=0.5, γ=0.5, τ=1)
+
+- **A** (joint): teacher and student start from scratch and train together in one loop
+  (``Distiller(..., train_teacher=True)``), ``--epochs`` epochs. Stage ``distill``.
+- **B** (frozen teacher): the teacher is trained first (stage ``teacher``, ``--teacher_epochs``)
+  or loaded from ``--teacher_checkpoint``, saved as ``teacher.keras`` and frozen; the student
+  starts from scratch and distils for ``--epochs``. With ``--cache_teacher_logits`` the teacher
+  runs once over an un-augmented, deterministic copy of the training split and its logits are
+  reused every epoch (the cached data is reshuffled each epoch after caching).
+- **C** (fine-tune a float student): teacher as in B; the student is first trained in full
+  precision (stage ``student_float``, ``--student_pretrain_epochs``), its precision is lowered
+  (`Distiller.from_pretrained_student` copies the float weights into the quantized model) and it
+  is fine-tuned with distillation for ``--finetune_epochs`` at
+  ``--learning_rate * --finetune_lr_factor``. ``--epochs`` is not used by scheme C.
+
+Every scheme also trains the same low-precision student **without distillation** (stage
+``baseline``, scheme "alone" in the table): plain ``model.fit`` with sparse cross-entropy from
+logits, the same seed, initial weights, data pipeline, optimizer and number of epochs as the
+distilled student. In A and B that is ``--epochs`` from scratch; in C it is the *same quantized
+copy of the pre-trained float student*, fine-tuned for ``--finetune_epochs`` at the fine-tuning
+learning rate, so the difference between the two rows is exactly what distillation adds. The
+results record ``distillation_gain`` = distilled top-1 − baseline top-1 (TFLite and Keras).
+
+Optimisation (all stages): SGD with momentum 0.9 and a cosine decay of the learning rate from its
+initial value to 0 over the stage's steps (``keras.optimizers.schedules.CosineDecay``), no warm-up
+and no weight decay. Each stage starts with ``keras.utils.set_random_seed(--seed)`` and builds
+fresh input pipelines, so the baseline and the distilled student start from identical weights and
+see the same batches (with ``--cache_teacher_logits``, the distilled student's batches come from
+the cached copy, reshuffled with the same seed). Stages are resumable
+(``recipes/_common.train_stage``): after a kill, the same command skips finished stages and
+resumes the interrupted one from its last finished epoch.
+
+Deployment: the teacher, the baseline and the distilled student are converted to TFLite,
+inspected (stored levels per channel) and evaluated with the LiteRT interpreter against Keras
+(`recipes._common.deploy`). The teacher's ``bits`` column says what its file stores: "float32",
+or "float (int8 dyn. weights)" if the converter stored its kernels as dynamic-range int8.
+
+Every flag is checked before anything is trained or written (a bad one raises `RecipeError`;
+``main`` prints it on one line), including a ``--teacher_checkpoint`` that does not fit the
+``--teacher`` architecture built for the dataset's classes. ``--activation_bits=0`` (float
+activations) is refused there: the converter would store such a student's kernels as float32.
+
+Outputs in ``--output_dir``: ``<stage>.csv`` / ``<stage>.weights.h5`` per stage,
+``teacher.keras`` (the trained or loaded teacher), ``teacher.tflite``, ``student_baseline.tflite``,
+``student_distilled.tflite``, ``results.json``, ``results.md``, ``curves.png`` (validation
+top-1 per epoch of each stage) and ``accuracy_vs_size.png``.
+
+Example::
+
+    python -m recipes.apprentice --scheme=B --teacher=resnet56 --student=resnet20 \
+        --weight_bits=ternary --activation_bits=8 --output_dir=runs/apprentice_b
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+
+from apprentice_tf import data
+from apprentice_tf.compat import keras, tf
+from apprentice_tf.distiller import Distiller, cache_teacher_logits
+from apprentice_tf.models import cifar_resnet
+from apprentice_tf.quantize import quantize_model
+from recipes._common import (
+    RecipeError,
+    check_choice,
+    check_file,
+    check_output_dir,
+    check_positive,
+    configure_threads,
+    deploy,
+    finish,
+    run_main,
+    train_stage,
+)
+
+SCHEMES = ("A", "B", "C")
+#: CIFAR ResNet names (He et al. 2016): resnet<6n+2>, e.g. resnet20/32/44/56/110 (resnet8: tests).
+_RESNET = re.compile(r"resnet(\d+)")
+WEIGHT_BITS = ("ternary", "2", "4", "8")
+ACTIVATION_BITS = (8, 4)  # 0 (float activations) is refused: see _check_flags
+#: 32x32 datasets whose CIFAR ResNets these recipes build (apprentice_tf.data.SMALL_IMAGE_STATS).
+DATASETS = tuple(data.SMALL_IMAGE_STATS)
+MOMENTUM = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class ApprenticeConfig:
+    """One run of an Apprentice scheme; every field is the flag of the same name."""
+
+    scheme: str = "B"
+    dataset: str = "cifar10"
+    train_split: str = "train"
+    test_split: str = "test"
+    teacher: str = "resnet56"
+    teacher_width: float = 1.0
+    student: str = "resnet20"
+    student_width: float = 1.0
+    weight_bits: str = "ternary"
+    activation_bits: int = 8
+    alpha: float = 1.0
+    beta: float = 0.5
+    gamma: float = 0.5
+    temperature: float = 1.0
+    epochs: int = 200
+    teacher_epochs: int = 200
+    student_pretrain_epochs: int = 200
+    finetune_epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    finetune_lr_factor: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    teacher_checkpoint: str = ""
+    output_dir: str = "runs/apprentice"
+    threads: int = 0
+    cache_teacher_logits: bool = False
+    verbose: int = 1
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define the recipe's flags (defaults from `ApprenticeConfig`) in `flag_values`.
+
+    Defined with ``allow_override``, as in the other recipes, so that importing several recipes
+    into one process (tests, `recipes.quickstart`) does not fail on the flag names they share.
+    """
+    d = ApprenticeConfig()
+    common = {"flag_values": flag_values, "allow_override": True}
+    flags.DEFINE_string(
+        "scheme", d.scheme, "A (joint), B (frozen teacher), C (fine-tune).", **common
+    )
+    flags.DEFINE_string("dataset", d.dataset, f"tfds dataset, one of {list(DATASETS)}.", **common)
+    flags.DEFINE_string("train_split", d.train_split, "tfds split to train on.", **common)
+    flags.DEFINE_string("test_split", d.test_split, "tfds split to validate and test on.", **common)
+    flags.DEFINE_string("teacher", d.teacher, "Teacher: CIFAR ResNet, resnet<6n+2>.", **common)
+    flags.DEFINE_float("teacher_width", d.teacher_width, "Teacher width multiplier.", **common)
+    flags.DEFINE_string("student", d.student, "Student: CIFAR ResNet, resnet<6n+2>.", **common)
+    flags.DEFINE_float("student_width", d.student_width, "Student width multiplier.", **common)
+    flags.DEFINE_string(
+        "weight_bits",
+        d.weight_bits,
+        f"Student weights, one of {list(WEIGHT_BITS)} (ternary: 3 levels per output channel); "
+        "the first conv and the last dense layer stay float.",
+        **common,
+    )
+    flags.DEFINE_integer(
+        "activation_bits",
+        d.activation_bits,
+        "Student activation bits, 8 or 4 (0 = float activations is refused: such a student "
+        "cannot be deployed with integer weights).",
+        **common,
+    )
+    flags.DEFINE_float("alpha", d.alpha, "Weight of the teacher's label loss (scheme A).", **common)
+    flags.DEFINE_float("beta", d.beta, "Weight of the student's label loss.", **common)
+    flags.DEFINE_float("gamma", d.gamma, "Weight of the distillation loss.", **common)
+    flags.DEFINE_float("temperature", d.temperature, "Distillation temperature τ.", **common)
+    flags.DEFINE_integer(
+        "epochs", d.epochs, "Schemes A and B: student epochs (the baseline's too).", **common
+    )
+    flags.DEFINE_integer(
+        "teacher_epochs", d.teacher_epochs, "Schemes B and C: teacher epochs.", **common
+    )
+    flags.DEFINE_integer(
+        "student_pretrain_epochs",
+        d.student_pretrain_epochs,
+        "Scheme C: epochs of the full-precision student before its precision is lowered.",
+        **common,
+    )
+    flags.DEFINE_integer(
+        "finetune_epochs",
+        d.finetune_epochs,
+        "Scheme C: low-precision fine-tuning epochs (distilled and baseline).",
+        **common,
+    )
+    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.", **common)
+    flags.DEFINE_float(
+        "learning_rate",
+        d.learning_rate,
+        "Initial learning rate of SGD (momentum 0.9), cosine-decayed to 0 over each stage.",
+        **common,
+    )
+    flags.DEFINE_float(
+        "finetune_lr_factor",
+        d.finetune_lr_factor,
+        "Scheme C: fine-tuning starts at learning_rate * finetune_lr_factor.",
+        **common,
+    )
+    flags.DEFINE_boolean("augment", d.augment, "Pad-crop-flip training augmentation.", **common)
+    flags.DEFINE_integer("seed", d.seed, "Seed set at the start of every stage.", **common)
+    flags.DEFINE_string(
+        "teacher_checkpoint",
+        d.teacher_checkpoint,
+        "Schemes B and C: load the teacher's weights (.keras or .weights.h5 of the --teacher "
+        "architecture) instead of training it.",
+        **common,
+    )
+    flags.DEFINE_string("output_dir", d.output_dir, "Directory for every output.", **common)
+    flags.DEFINE_integer("threads", d.threads, "TensorFlow threads (0: its default).", **common)
+    flags.DEFINE_boolean(
+        "cache_teacher_logits",
+        d.cache_teacher_logits,
+        "Scheme B only: run the frozen teacher once over the training split and reuse its "
+        "logits every epoch. Needs --noaugment: cached logits are paired with examples by "
+        "position, so every example must be the same image on every pass; a random crop or flip "
+        "would be trained towards the logits of a different view. The cached data is "
+        "reshuffled each epoch.",
+        **common,
+    )
+    flags.DEFINE_integer(
+        "verbose", d.verbose, "0 silent, 1 progress bars, 2 a line per epoch.", **common
+    )
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ApprenticeConfig:
+    """The `ApprenticeConfig` of parsed flags (not yet validated: `run` validates)."""
+    names = [field.name for field in dataclasses.fields(ApprenticeConfig)]
+    return ApprenticeConfig(**{name: flag_values[name].value for name in names})
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks: everything is validated before anything is trained or written.
+
+
+@dataclasses.dataclass
+class _Setup:
+    """What the checks resolved: parsed bits, class count, the loaded teacher."""
+
+    output_dir: Path
+    num_classes: int
+    weight_bits: str | int
+    activation_bits: int
+    teacher: keras.Model | None  # loaded from --teacher_checkpoint
+
+
+def _check_integer(flag: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise RecipeError(f"--{flag} must be an integer >= {minimum}, received {value!r}.")
+
+
+def _check_weight(flag: str, value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise RecipeError(f"--{flag} must be a finite number >= 0, received {value!r}.")
+
+
+def _resnet_depth(flag: str, name: Any) -> int:
+    """The depth of a CIFAR ResNet name, resnet<6n+2>."""
+    match = _RESNET.fullmatch(name) if isinstance(name, str) else None
+    depth = int(match.group(1)) if match else 0
+    if depth < 8 or (depth - 2) % 6:
+        raise RecipeError(
+            f"--{flag}={name!r} is not a CIFAR ResNet; use resnet<6n+2>, e.g. resnet20, resnet32, "
+            "resnet44, resnet56 or resnet110."
+        )
+    return depth
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _check_flags(config: ApprenticeConfig) -> None:
+    """Checks that need neither the dataset nor a model."""
+    check_choice("scheme", config.scheme, SCHEMES)
+    check_choice("dataset", config.dataset, DATASETS)
+    _resnet_depth("teacher", config.teacher)
+    _resnet_depth("student", config.student)
+    check_choice("weight_bits", config.weight_bits, WEIGHT_BITS)
+    if config.activation_bits == 0:
+        raise RecipeError(
+            "--activation_bits=0 (float activations) cannot be deployed: the TFLite converter "
+            "keeps low-precision kernels as integers only between quantized activations, so the "
+            "student file would store float32 weights; use --activation_bits=8 or 4."
+        )
+    check_choice("activation_bits", config.activation_bits, ACTIVATION_BITS)
+    for flag in ("teacher_width", "student_width", "learning_rate", "finetune_lr_factor"):
+        check_positive(flag, getattr(config, flag))
+    for flag in (
+        "epochs",
+        "teacher_epochs",
+        "student_pretrain_epochs",
+        "finetune_epochs",
+        "batch_size",
+    ):
+        _check_integer(flag, getattr(config, flag), 1)
+    _check_integer("seed", config.seed, 0)
+    _check_integer("threads", config.threads, 0)
+    check_choice("verbose", config.verbose, (0, 1, 2))
+    for flag in ("alpha", "beta", "gamma"):
+        _check_weight(flag, getattr(config, flag))
+    _check_weight("temperature", config.temperature)
+    check_positive("temperature", config.temperature)
+    if config.beta == config.gamma == 0:
+        raise RecipeError("--beta and --gamma are both 0, so the student would not learn.")
+    if config.scheme == "A" and config.alpha == 0:
+        raise RecipeError(
+            "--scheme=A trains the teacher with alpha·H(y, p_T): --alpha=0 would leave it "
+            "untrained; use --alpha > 0 (paper: 1)."
+        )
+    if config.scheme == "A" and config.teacher_checkpoint:
+        raise RecipeError(
+            "--teacher_checkpoint is for schemes B and C; scheme A trains the teacher from "
+            "scratch together with the student."
+        )
+    if config.cache_teacher_logits and config.scheme != "B":
+        raise RecipeError(
+            f"--cache_teacher_logits is for scheme B only (received --scheme={config.scheme}): "
+            "A trains the teacher, so its logits change; C fine-tunes briefly from live logits."
+        )
+    if config.cache_teacher_logits and config.augment:
+        raise RecipeError(
+            "--cache_teacher_logits needs --noaugment: cached logits belong to one view of each "
+            "image, so random crops and flips would be trained towards another view's logits."
+        )
+    check_file("teacher_checkpoint", config.teacher_checkpoint)
+
+
+def _weight_bits(value: str) -> str | int:
+    return value if value == "ternary" else int(value)
+
+
+def _model_label(name: str, width: float) -> str:
+    return name if width == 1 else f"{name} x{width:g}"
+
+
+def _bits_label(config: ApprenticeConfig) -> str:
+    weights = "ternary" if config.weight_bits == "ternary" else f"W{config.weight_bits}"
+    return f"{weights}/A{config.activation_bits}"
+
+
+def _build(name: str, width: float, num_classes: int, role: str) -> keras.Model:
+    return cifar_resnet(
+        _resnet_depth(role, name),
+        num_classes=num_classes,
+        width_multiplier=width,
+        name=f"{role}_{name}",
+    )
+
+
+def _build_teacher(config: ApprenticeConfig, num_classes: int) -> keras.Model:
+    return _build(config.teacher, config.teacher_width, num_classes, "teacher")
+
+
+def _build_student(config: ApprenticeConfig, num_classes: int) -> keras.Model:
+    return _build(config.student, config.student_width, num_classes, "student")
+
+
+def _load_teacher(config: ApprenticeConfig, num_classes: int) -> keras.Model:
+    """The teacher architecture for the dataset's classes, with the checkpoint's weights."""
+    teacher = _build_teacher(config, num_classes)
+    try:
+        teacher.load_weights(config.teacher_checkpoint)
+    except (ValueError, OSError, KeyError) as error:
+        raise RecipeError(
+            f"--teacher_checkpoint={config.teacher_checkpoint!r} does not fit --teacher="
+            f"{config.teacher} --teacher_width={config.teacher_width:g} with {num_classes} "
+            f"classes ({config.dataset}): {_one_line(error)}"
+        ) from None
+    outputs = int(teacher.output_shape[-1])
+    if outputs != num_classes:
+        raise RecipeError(
+            f"--teacher_checkpoint={config.teacher_checkpoint!r} gives {outputs} outputs, but "
+            f"{config.dataset} has {num_classes} classes."
+        )
+    return teacher
+
+
+def _check(config: ApprenticeConfig) -> _Setup:
+    """Every check, in order of cost; raises RecipeError before anything is written."""
+    if not isinstance(config, ApprenticeConfig):
+        raise RecipeError(f"run() needs an ApprenticeConfig, received {type(config).__name__}.")
+    _check_flags(config)
+    output_dir = check_output_dir(config.output_dir)
+    configure_threads(config.threads)
+    try:
+        num_classes = data.num_classes(config.dataset)
+        for flag in ("train_split", "test_split"):
+            data.load(config.dataset, getattr(config, flag), config.batch_size)
+    except ValueError as error:
+        raise RecipeError(f"--dataset/--train_split/--test_split: {_one_line(error)}") from None
+    teacher = _load_teacher(config, num_classes) if config.teacher_checkpoint else None
+    return _Setup(
+        output_dir=output_dir,
+        num_classes=num_classes,
+        weight_bits=_weight_bits(config.weight_bits),
+        activation_bits=config.activation_bits,
+        teacher=teacher,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Stages
+
+
+def _train_data(config: ApprenticeConfig) -> tf.data.Dataset:
+    """A fresh training pipeline (same seed, so every stage sees the same batches)."""
+    return data.load(
+        config.dataset,
+        config.train_split,
+        config.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+    )
+
+
+def _test_data(config: ApprenticeConfig) -> tf.data.Dataset:
+    return data.load(config.dataset, config.test_split, config.batch_size)
+
+
+def _steps_per_epoch(dataset: tf.data.Dataset) -> int:
+    steps = int(dataset.cardinality())
+    if steps < 0:
+        steps = sum(1 for _ in dataset)
+    return max(1, steps)
+
+
+def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int) -> Any:
+    """SGD, momentum 0.9, learning rate cosine-decayed to 0 over the stage's steps."""
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=MOMENTUM)
+
+
+def _finished(output_dir: Path, stage: str) -> bool:
+    """True if `train_stage` will load the stage's weights instead of training."""
+    return (output_dir / f"{stage}.weights.h5").exists()
+
+
+def _say(config: ApprenticeConfig, message: str) -> None:
+    if config.verbose:
+        print(message, flush=True)
+
+
+def _fit_plain(
+    stage: str,
+    model: keras.Model,
+    config: ApprenticeConfig,
+    output_dir: Path,
+    epochs: int,
+    learning_rate: float,
+) -> dict[str, list[float]]:
+    """Train `model` on labels alone (sparse cross-entropy from logits) as a resumable stage."""
+    train = _train_data(config)
+    model.compile(
+        optimizer=_optimizer(learning_rate, epochs, _steps_per_epoch(train)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    _say(config, f"[{stage}] {model.name}: {epochs} epochs from lr {learning_rate:g}")
+    return train_stage(
+        stage,
+        model,
+        train,
+        epochs,
+        output_dir,
+        validation_data=_test_data(config),
+        verbose=config.verbose,
+    )
+
+
+def _distill(
+    distiller: Distiller,
+    config: ApprenticeConfig,
+    output_dir: Path,
+    epochs: int,
+    learning_rate: float,
+    teacher: keras.Model,
+) -> dict[str, list[float]]:
+    """The resumable stage "distill": fit the Distiller (cached teacher logits in B if asked)."""
+    train = _train_data(config)
+    steps = _steps_per_epoch(train)
+    if config.cache_teacher_logits and not _finished(output_dir, "distill"):
+        _say(config, "[distill] caching the frozen teacher's logits")
+        deterministic = data.load(
+            config.dataset,
+            config.train_split,
+            config.batch_size,
+            deterministic=True,
+            seed=config.seed,
+        )
+        cached = cache_teacher_logits(teacher, deterministic, verbose=config.verbose)
+        # Pairs are fixed before shuffling, so reshuffling each epoch keeps them intact.
+        train = (
+            cached.unbatch()
+            .shuffle(10_000, seed=config.seed, reshuffle_each_iteration=True)
+            .batch(config.batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+    distiller.compile(optimizer=_optimizer(learning_rate, epochs, steps), metrics=["accuracy"])
+    _say(
+        config,
+        f"[distill] scheme {config.scheme}: {distiller.student.name} from {teacher.name}, "
+        f"{epochs} epochs from lr {learning_rate:g}",
+    )
+    return train_stage(
+        "distill",
+        distiller,
+        train,
+        epochs,
+        output_dir,
+        validation_data=_test_data(config),
+        verbose=config.verbose,
+    )
+
+
+def _teacher_stage(
+    config: ApprenticeConfig, setup: _Setup, curves: dict[str, list[float]]
+) -> keras.Model:
+    """Schemes B and C: the trained (or loaded) teacher, saved as teacher.keras and frozen."""
+    if setup.teacher is not None:
+        teacher = setup.teacher
+        _say(config, f"[teacher] loaded {config.teacher_checkpoint}")
+    else:
+        keras.utils.set_random_seed(config.seed)
+        teacher = _build_teacher(config, setup.num_classes)
+        history = _fit_plain(
+            "teacher",
+            teacher,
+            config,
+            setup.output_dir,
+            config.teacher_epochs,
+            config.learning_rate,
+        )
+        curves["teacher (float)"] = _val(history)
+        # A copy without the stage's optimizer, which would otherwise join the Distiller's
+        # checkpoints (BackupAndRestore) as unrestorable slots.
+        trained = teacher
+        teacher = _build_teacher(config, setup.num_classes)
+        teacher.set_weights(trained.get_weights())
+    saved = setup.output_dir / "teacher.keras"
+    checkpoint = Path(config.teacher_checkpoint) if config.teacher_checkpoint else None
+    if checkpoint is None or checkpoint.resolve() != saved.resolve():
+        teacher.save(saved)
+    teacher.trainable = False
+    return teacher
+
+
+def _quantize(model: keras.Model, setup: _Setup) -> keras.Model:
+    return quantize_model(
+        model, weight_bits=setup.weight_bits, activation_bits=setup.activation_bits
+    )
+
+
+def _distiller_kwargs(config: ApprenticeConfig) -> dict[str, float]:
+    return {
+        "alpha": config.alpha,
+        "beta": config.beta,
+        "gamma": config.gamma,
+        "temperature": config.temperature,
+    }
+
+
+def _val(history: dict[str, list[float]], key: str = "val_accuracy") -> list[float]:
+    return history.get(key, [])
+
+
+def _train(
+    config: ApprenticeConfig, setup: _Setup
+) -> tuple[keras.Model, keras.Model, keras.Model, dict[str, list[float]]]:
+    """All training stages of the scheme: (teacher, baseline student, distilled student, curves)."""
+    out = setup.output_dir
+    curves: dict[str, list[float]] = {}
+    if config.scheme == "A":
+        keras.utils.set_random_seed(config.seed)
+        baseline = _quantize(_build_student(config, setup.num_classes), setup)
+        history = _fit_plain("baseline", baseline, config, out, config.epochs, config.learning_rate)
+        curves["baseline (alone)"] = _val(history)
+
+        keras.utils.set_random_seed(config.seed)  # same student initialisation as the baseline
+        student = _quantize(_build_student(config, setup.num_classes), setup)
+        teacher = _build_teacher(config, setup.num_classes)
+        distiller = Distiller(student, teacher, train_teacher=True, **_distiller_kwargs(config))
+        history = _distill(distiller, config, out, config.epochs, config.learning_rate, teacher)
+        curves["teacher (A, joint)"] = _val(history, "val_teacher_accuracy")
+        curves["distilled (A)"] = _val(history)
+        teacher.save(out / "teacher.keras")
+        return teacher, baseline, distiller.student, curves
+
+    teacher = _teacher_stage(config, setup, curves)
+    if config.scheme == "B":
+        keras.utils.set_random_seed(config.seed)
+        baseline = _quantize(_build_student(config, setup.num_classes), setup)
+        history = _fit_plain("baseline", baseline, config, out, config.epochs, config.learning_rate)
+        curves["baseline (alone)"] = _val(history)
+
+        keras.utils.set_random_seed(config.seed)
+        student = _quantize(_build_student(config, setup.num_classes), setup)
+        distiller = Distiller(student, teacher, **_distiller_kwargs(config))
+        history = _distill(distiller, config, out, config.epochs, config.learning_rate, teacher)
+        curves["distilled (B)"] = _val(history)
+        return teacher, baseline, distiller.student, curves
+
+    # Scheme C.
+    keras.utils.set_random_seed(config.seed)
+    float_student = _build_student(config, setup.num_classes)
+    history = _fit_plain(
+        "student_float",
+        float_student,
+        config,
+        out,
+        config.student_pretrain_epochs,
+        config.learning_rate,
+    )
+    curves["student (float)"] = _val(history)
+    finetune_lr = config.learning_rate * config.finetune_lr_factor
+
+    keras.utils.set_random_seed(config.seed)
+    baseline = _quantize(float_student, setup)  # the float weights, copied
+    history = _fit_plain("baseline", baseline, config, out, config.finetune_epochs, finetune_lr)
+    curves["baseline (alone, fine-tuned)"] = _val(history)
+
+    keras.utils.set_random_seed(config.seed)
+    distiller = Distiller.from_pretrained_student(
+        float_student,
+        teacher,
+        weight_bits=setup.weight_bits,
+        activation_bits=setup.activation_bits,
+        **_distiller_kwargs(config),
+    )
+    history = _distill(distiller, config, out, config.finetune_epochs, finetune_lr, teacher)
+    curves["distilled (C)"] = _val(history)
+    return teacher, baseline, distiller.student, curves
+
+
+def _teacher_bits(row: dict[str, Any]) -> str:
+    """What the teacher's file stores: float32 kernels, or dynamic-range int8 ones."""
+    if all(w["dtype"].startswith("FLOAT") for w in row["inspection"]):
+        return "float32"
+    return "float (int8 dyn. weights)"
+
+
+def run(config: ApprenticeConfig) -> dict[str, Any]:
+    """Train, deploy and report one Apprentice scheme; returns the results dictionary.
+
+    Raises:
+      RecipeError: a bad flag (before anything is trained or written).
+    """
+    setup = _check(config)
+    setup.output_dir.mkdir(parents=True, exist_ok=True)
+    teacher, baseline, student, curves = _train(config, setup)
+
+    out = setup.output_dir
+    test = _test_data(config)
+    _say(config, "[deploy] converting, inspecting and evaluating the TFLite files")
+    teacher_row = deploy(
+        teacher,
+        out / "teacher.tflite",
+        test,
+        {
+            "model": _model_label(config.teacher, config.teacher_width),
+            "bits": "float",
+            "scheme": "teacher",
+        },
+        verbose=config.verbose,
+    )
+    teacher_row["bits"] = _teacher_bits(teacher_row)
+    student_label = _model_label(config.student, config.student_width)
+    bits = _bits_label(config)
+    baseline_row = deploy(
+        baseline,
+        out / "student_baseline.tflite",
+        test,
+        {"model": student_label, "bits": bits, "scheme": "alone"},
+        verbose=config.verbose,
+    )
+    distilled_row = deploy(
+        student,
+        out / "student_distilled.tflite",
+        test,
+        {"model": student_label, "bits": bits, "scheme": config.scheme},
+        verbose=config.verbose,
+    )
+    gain = {key: distilled_row[key] - baseline_row[key] for key in ("tflite_top1", "keras_top1")}
+    return finish(
+        out,
+        config,
+        [teacher_row, baseline_row, distilled_row],
+        curves,
+        extra={
+            "distillation_gain": gain,
+            "teacher_source": config.teacher_checkpoint or "trained",
+        },
+    )
+
+
+define_flags()
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: flags → `ApprenticeConfig` → `run`; a bad flag exits with one line."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run_main(run, config_from_flags)
+
+
+if __name__ == "__main__":
+    app.run(main)
