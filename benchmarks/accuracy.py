@@ -20,8 +20,11 @@ from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import reporting
+from apprentice_tf import data, reporting
+from apprentice_tf.compat import keras
+from apprentice_tf.models import resnet
 from recipes import apprentice, progressive
+from recipes._common import deploy, train_stage
 
 flags.DEFINE_string("train_split", "train[:10%]", "CIFAR-10 training slice of every row")
 flags.DEFINE_string("test_split", "test[:20%]", "CIFAR-10 evaluation slice of every row")
@@ -75,6 +78,24 @@ def _progressive(work: Path) -> dict[str, Any]:
     )
 
 
+def _float_student(work: Path) -> dict[str, Any]:
+    """A float ResNet-20 trained like the students (the recipes' SGD + cosine schedule)."""
+    f = flags.FLAGS
+    keras.utils.set_random_seed(0)
+    train = data.load("cifar10", f.train_split, f.batch_size, augment=True, seed=0)
+    test = data.load("cifar10", f.test_split, 256)
+    model = resnet.resnet20(num_classes=10)
+    steps = int(train.cardinality())
+    model.compile(
+        apprentice._optimizer(0.1, f.epochs, steps),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    train_stage("float", model, train, f.epochs, work, validation_data=test, verbose=2)
+    row = {"model": "resnet20", "bits": "float32", "scheme": "float"}
+    return {"rows": [deploy(model, work / "float.tflite", test, row, verbose=0)]}
+
+
 def _rows(results: dict[str, Any], keep: dict[str, str]) -> list[dict[str, Any]]:
     """The result rows whose scheme is a key of `keep`, renamed to the table's row names."""
     columns = ("model", "bits", "keras_top1", "tflite_top1", "packed_bytes", "file_bytes")
@@ -107,6 +128,7 @@ def main(argv: list[str]) -> None:
     groups = table.setdefault("groups", {})
     teacher = str(work / "B_ternary" / "teacher.keras")
     plan: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
+        ("float", lambda: _rows(_float_student(work / "float"), {"float": "float ResNet-20"})),
         (
             "B_ternary",
             lambda: _rows(
