@@ -1,0 +1,85 @@
+"""PNG plots of the committed benchmark JSON files, for the README.
+
+    python -m benchmarks.plots
+
+Reads benchmarks/results/{step_cost,deploy,accuracy}.json (whichever exist) and writes
+step_cost.png (median ms per step, bars), latency_vs_size.png (LiteRT latency against file size
+per export) and accuracy_vs_size.png (TFLite top-1 against ideal packed size per row) beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from absl import app
+
+from apprentice_tf import reporting
+
+RESULTS = Path("benchmarks/results")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def step_cost_bars(payload: dict, path: Path) -> Path:
+    """Horizontal bars of the median step time of each configuration."""
+    plt = _pyplot()
+    rows = payload["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.barh([r["configuration"] for r in rows], [r["median_ms"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"median ms per training step (batch {payload['batch_size']})")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def latency_vs_size(payload: dict, path: Path) -> Path:
+    """LiteRT latency (1 thread) against file size, one labelled point per export."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in payload["rows"]:
+        ax.scatter(row["file_bytes"], row["latency_ms_1_thread"])
+        label = f"{row['network'].split()[0]} {row['variant']}"
+        ax.annotate(label, (row["file_bytes"], row["latency_ms_1_thread"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("file bytes")
+    ax.set_ylabel("ms per image (1 thread, median)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    written = []
+    sources = {
+        "step_cost.json": ("step_cost.png", step_cost_bars),
+        "deploy.json": ("latency_vs_size.png", latency_vs_size),
+    }
+    for source, (target, plot) in sources.items():
+        if (RESULTS / source).exists():
+            written.append(plot(json.loads((RESULTS / source).read_text()), RESULTS / target))
+    if (RESULTS / "accuracy.json").exists():
+        accuracy = json.loads((RESULTS / "accuracy.json").read_text())
+        rows = [row for group in accuracy["groups"].values() for row in group]
+        written.append(
+            reporting.plot_accuracy_vs_size(rows, RESULTS / "accuracy_vs_size.png", label_key="row")
+        )
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    app.run(main)
