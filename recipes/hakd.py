@@ -64,7 +64,6 @@ __all__ = [
     "AttentionDistiller",
     "feature_layers",
     "match_stages",
-    "time_tflite",
     "validate",
     "run",
     "define_flags",
@@ -339,38 +338,6 @@ class AttentionDistiller(Distiller):
 
 # ----------------------------------------------------------------------------------------------
 # Latency of a deployed file
-
-
-def time_tflite(
-    path: str | Path, num_threads: int = 1, runs: int = 20, warmup: int = 3, seed: int = 0
-) -> dict[str, float]:
-    """Time a .tflite file as `hardware.profile` times its candidates.
-
-    LiteRT ``Interpreter(num_threads)``, one random batch of its input shape (batch 1), `warmup`
-    untimed and `runs` timed ``invoke()`` calls; returns median, p10 and p90 in ms.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
-    rng = np.random.default_rng(seed)
-    for detail in interpreter.get_input_details():
-        dtype = np.dtype(detail["dtype"])
-        if np.issubdtype(dtype, np.floating):
-            value = rng.random(detail["shape"]).astype(dtype)
-        else:
-            info = np.iinfo(dtype)
-            value = rng.integers(info.min, info.max, detail["shape"], endpoint=True).astype(dtype)
-        interpreter.set_tensor(detail["index"], value)
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times[i] = 1000.0 * (time.perf_counter() - start)
-    p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
-    return {"latency_ms": median, "latency_p10_ms": p10, "latency_p90_ms": p90}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -862,7 +829,9 @@ def run(config: HAKDConfig) -> dict[str, Any]:
     def finish_row(model: keras.Model, name: str, row: dict[str, Any]) -> None:
         path = output_dir / f"{name}.tflite"
         row = _common.deploy(model, path, test, row, verbose=verbose)
-        row.update(time_tflite(path, config.num_threads, config.runs, config.warmup, config.seed))
+        row.update(
+            hardware.time_tflite(path, config.num_threads, config.runs, config.warmup, config.seed)
+        )
         row["within_budget"] = row["latency_ms"] <= config.latency_budget_ms
         rows.append(row)
 
