@@ -184,11 +184,16 @@ def main(argv: list[str]) -> None:
     ternary_top1 = top1.get("ternary W2A8 alone")
     for scheme in ("A", "B", "C"):
         distilled = top1.get(f"ternary W2A8 + KD scheme {scheme}")
-        if None in (distilled, float_top1, ternary_top1) or float_top1 == ternary_top1:
-            continue
+        if None in (distilled, float_top1, ternary_top1) or float_top1 <= ternary_top1:
+            continue  # no float-to-ternary gap at this budget: nothing to recover
         recovered = (distilled - ternary_top1) / (float_top1 - ternary_top1)
         gains.append({"scheme": scheme, "recovered": recovered, "goal_met": recovered >= 0.5})
     table["gap_recovered"] = gains
+    if not gains:
+        print(
+            "No float-to-ternary gap at this budget (the ternary student is not below the "
+            "float one), so 'gap recovered' is undefined."
+        )
     reporting.write_json(output, table)
     machine = table["machine"]
     print(
