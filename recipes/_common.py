@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,65 @@ from apprentice_tf.compat import keras, tf
 
 class RecipeError(ValueError):
     """A bad flag or input, found before any training; `main` prints it on one line."""
+
+
+#: CIFAR ResNet names (He et al. 2016): resnet<6n+2>, e.g. resnet20/32/44/56/110 (resnet8: tests).
+_RESNET = re.compile(r"resnet(\d+)")
+MOMENTUM = 0.9
+
+
+def resnet_depth(flag: str, name: Any) -> int:
+    """The depth of a CIFAR ResNet name, resnet<6n+2>; RecipeError naming `flag` otherwise."""
+    match = _RESNET.fullmatch(name) if isinstance(name, str) else None
+    depth = int(match.group(1)) if match else 0
+    if depth < 8 or (depth - 2) % 6:
+        raise RecipeError(
+            f"--{flag}={name!r} is not a CIFAR ResNet; use resnet<6n+2>, e.g. resnet20, resnet32, "
+            "resnet44, resnet56 or resnet110."
+        )
+    return depth
+
+
+def steps_per_epoch(dataset: tf.data.Dataset) -> int:
+    """Batches in one pass over `dataset` (counted if tf.data does not know), at least 1."""
+    steps = int(dataset.cardinality())
+    if steps < 0:
+        steps = sum(1 for _ in dataset)
+    return max(1, steps)
+
+
+def make_optimizer(
+    learning_rate: float,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> keras.optimizers.Optimizer:
+    """SGD with momentum 0.9 and a cosine learning rate, optionally warmed up and weight-decayed.
+
+    Over T = epochs·steps_per_epoch steps, with W = round(warmup_epochs·steps_per_epoch):
+
+        η_t = η_max · t / W                              for t < W   (linear warm-up)
+        η_t = η_max · ½(1 + cos(π·(t − W)/(T − W)))      for t ≥ W   (cosine to 0)
+
+    and, when ``weight_decay`` λ > 0, the decoupled decay w ← w − η_t·λ·w after each step
+    (``keras.optimizers.SGD(weight_decay=...)``).
+    """
+    total = max(1, epochs * steps_per_epoch)
+    warmup = min(total - 1, int(math.floor(warmup_epochs * steps_per_epoch + 0.5)))
+    if warmup > 0:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, total - warmup, warmup_target=learning_rate, warmup_steps=warmup
+        )
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, total)
+    return keras.optimizers.SGD(
+        learning_rate=schedule,
+        momentum=MOMENTUM,
+        nesterov=nesterov,
+        weight_decay=weight_decay or None,
+    )
 
 
 def check_output_dir(output_dir: str | os.PathLike) -> Path:

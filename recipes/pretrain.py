@@ -1,0 +1,194 @@
+r"""Train a full-precision CIFAR ResNet: the teachers and float students the other recipes start from.
+
+The reference networks of `apprentice_tf.zoo` were trained with this recipe. Optimisation is the
+standard short CIFAR schedule (He et al., CVPR 2016; Loshchilov & Hutter, ICLR 2017):
+
+    SGD, Nesterov momentum 0.9, batch 128, decoupled weight decay w ← w − η_t·λ·w (λ = 5e-4),
+    η_t rising linearly from 0 to η_max over the warm-up epochs, then
+    η_t = η_max · ½(1 + cos(π·t/T)) down to 0 at the last step,
+
+with the pad-4/crop/flip augmentation of `apprentice_tf.data.load`. The run is resumable: killing it
+and running the same command again resumes from the last finished epoch (`BackupAndRestore`).
+
+Outputs in ``--output_dir``: ``float.weights.h5`` (the trained weights), ``float.csv`` (one line per
+epoch: loss, accuracy, val_loss, val_accuracy, learning rate), ``results.json`` (the command, the
+configuration, the test top-1 on the full ``--test_split``, the sha256 of the weights file, the
+machine and the measured seconds per epoch).
+
+Example (the float student of the CIFAR-10 study)::
+
+    python -m recipes.pretrain --model=resnet20 --epochs=15 --output_dir=runs/study/float_resnet20
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+
+from apprentice_tf import data, reporting
+from apprentice_tf.compat import keras
+from apprentice_tf.models import cifar_resnet
+from recipes._common import (
+    RecipeError,
+    check_choice,
+    check_output_dir,
+    check_positive,
+    configure_threads,
+    keras_top1,
+    make_optimizer,
+    resnet_depth,
+    train_stage,
+)
+
+DATASETS = tuple(data.SMALL_IMAGE_STATS)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """One full-precision training run; every field is the flag of the same name."""
+
+    model: str = "resnet20"
+    width: float = 1.0
+    dataset: str = "cifar10"
+    train_split: str = "train"
+    test_split: str = "test"
+    epochs: int = 15
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    warmup_epochs: float = 1.0
+    weight_decay: float = 5e-4
+    seed: int = 0
+    output_dir: str = "runs/pretrain"
+    threads: int = 0
+    verbose: int = 2
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define the recipe's flags (defaults from `PretrainConfig`) in `flag_values`."""
+    d = PretrainConfig()
+    common = {"flag_values": flag_values, "allow_override": True}
+    flags.DEFINE_string("model", d.model, "CIFAR ResNet, resnet<6n+2>.", **common)
+    flags.DEFINE_float("width", d.width, "Width multiplier.", **common)
+    flags.DEFINE_string("dataset", d.dataset, f"tfds dataset, one of {list(DATASETS)}.", **common)
+    flags.DEFINE_string("train_split", d.train_split, "tfds split to train on.", **common)
+    flags.DEFINE_string("test_split", d.test_split, "tfds split to validate and test on.", **common)
+    flags.DEFINE_integer("epochs", d.epochs, "Training epochs.", **common)
+    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.", **common)
+    flags.DEFINE_float("learning_rate", d.learning_rate, "Peak learning rate η_max.", **common)
+    flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "Linear warm-up epochs.", **common)
+    flags.DEFINE_float("weight_decay", d.weight_decay, "Decoupled weight decay λ.", **common)
+    flags.DEFINE_integer(
+        "seed", d.seed, "Seed of initialisation, order and augmentation.", **common
+    )
+    flags.DEFINE_string("output_dir", d.output_dir, "Directory for every output.", **common)
+    flags.DEFINE_integer("threads", d.threads, "TensorFlow threads (0: its default).", **common)
+    flags.DEFINE_integer(
+        "verbose", d.verbose, "0 silent, 1 progress bars, 2 a line per epoch.", **common
+    )
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> PretrainConfig:
+    """The `PretrainConfig` of parsed flags (validated by `run`)."""
+    names = [field.name for field in dataclasses.fields(PretrainConfig)]
+    return PretrainConfig(**{name: flag_values[name].value for name in names})
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Adds ``seconds`` (wall time of the epoch) and ``lr`` to the epoch logs."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["seconds"] = time.perf_counter() - self._start
+            optimizer = self.model.optimizer
+            logs["lr"] = float(optimizer.learning_rate(optimizer.iterations))
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run(config: PretrainConfig) -> dict[str, Any]:
+    """Train, evaluate and describe one float network; returns the results dictionary."""
+    depth = resnet_depth("model", config.model)
+    check_choice("dataset", config.dataset, DATASETS)
+    for flag in ("width", "learning_rate"):
+        check_positive(flag, getattr(config, flag))
+    if config.epochs < 1 or config.batch_size < 1:
+        raise RecipeError("--epochs and --batch_size must be >= 1.")
+    if config.warmup_epochs < 0 or config.warmup_epochs >= config.epochs:
+        raise RecipeError(
+            f"--warmup_epochs must be in [0, --epochs), received {config.warmup_epochs}."
+        )
+    output_dir = check_output_dir(config.output_dir)
+    configure_threads(config.threads)
+    num_classes = data.num_classes(config.dataset)
+    train = data.load(
+        config.dataset, config.train_split, config.batch_size, augment=True, seed=config.seed
+    )
+    test = data.load(config.dataset, config.test_split, 256)
+
+    keras.utils.set_random_seed(config.seed)
+    model = cifar_resnet(depth, num_classes=num_classes, width_multiplier=config.width)
+    model.compile(
+        optimizer=make_optimizer(
+            config.learning_rate,
+            config.epochs,
+            int(train.cardinality()),
+            warmup_epochs=config.warmup_epochs,
+            weight_decay=config.weight_decay,
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = train_stage(
+        "float",
+        model,
+        train,
+        config.epochs,
+        output_dir,
+        validation_data=test,
+        callbacks=[_EpochTimer()],
+        verbose=config.verbose,
+    )
+    weights = output_dir / "float.weights.h5"
+    results = {
+        "command": "python -m recipes.pretrain " + " ".join(sys.argv[1:]),
+        "config": dataclasses.asdict(config),
+        "test_top1": keras_top1(model, test),
+        "weights": weights.name,
+        "sha256": sha256(weights),
+        "seconds_per_epoch": history.get("seconds", []),
+        "val_accuracy": history.get("val_accuracy", []),
+        "machine": reporting.machine_info(config.threads),
+    }
+    reporting.write_json(output_dir / "results.json", results)
+    print(f"[pretrain] {config.model}: test top-1 {results['test_top1']:.4f}, {weights}")
+    return results
+
+
+define_flags()
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: flags → `PretrainConfig` → `run`."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        run(config_from_flags())
+    except RecipeError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)
