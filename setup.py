@@ -18,6 +18,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["apprentice_tf", "apprentice_tf.*", "recipes"]),
+    # The reference networks of apprentice_tf.zoo: weights, training log, results.json.
+    package_data={"apprentice_tf": ["weights/*/*.h5", "weights/*/*.csv", "weights/*/*.json"]},
     install_requires=[
         # tfmot 0.8.1 needs Keras 2 (tf_keras), which must match TensorFlow's minor version.
         "tensorflow==2.21.0",

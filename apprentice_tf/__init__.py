@@ -20,6 +20,7 @@ from apprentice_tf import (
     progressive,
     pruning,
     tflite,
+    zoo,
 )
 from apprentice_tf.configs import (
     ActivationQuantizeConfig,
@@ -62,5 +63,6 @@ __all__ = [
     "quantize_uniform",
     "ternarize",
     "tflite",
+    "zoo",
     "__version__",
 ]

@@ -1,58 +1,89 @@
-"""The CIFAR-10 accuracy table: every row trained on the same budget and seed on this machine.
+"""The CIFAR-10 study: does distillation make ternary and 4-bit ResNet-20 students accurate?
 
-    python -m benchmarks.accuracy [--train_split=train[:10%] --epochs=3 --teacher=resnet56]
+    python -m benchmarks.accuracy [--epochs=15 --teacher=resnet56 --seeds=0,1,2]
 
-Rows (ResNet-20 students): float; ternary W2A8 alone; ternary + Apprentice schemes A, B, C;
-4-bit W4A8 alone and + scheme B; ternary with progressive branches. Each group of rows is one
-recipe run (`recipes.apprentice`, `recipes.progressive`) in ``<work_dir>/<group>``, resumable
-stage by stage; when a group finishes, its rows are added to the JSON output at once, and a
-rerun skips groups already there, so the table can be built over several sittings. Prints
-the table and, per scheme, how much of the float-to-ternary gap distillation recovered:
-(ternary+KD − ternary) / (float − ternary). Writes benchmarks/results/accuracy.json.
+Every row trains on the full CIFAR-10 train split (50,000 images, pad/crop/flip) and is tested on
+the full test split (10,000) in Keras and in LiteRT, with the same budget: ``--epochs`` epochs,
+batch 128, SGD with Nesterov momentum 0.9, one warm-up epoch then cosine decay to 0, weight decay
+5e-4 (`recipes._common.make_optimizer`). Groups, in the order they run (most important first):
+
+=============  =================================================================================
+float          the float ResNet-20 student (`recipes.pretrain`)
+teacher        the float teacher, ``--teacher`` (`recipes.pretrain`)
+C              scheme C: the float student lowered to ternary W2A8 and fine-tuned for
+               ``--finetune_epochs`` at lr 0.01, alone and with distillation
+B_seed<s>      scheme B, ternary W2A8, from scratch: alone and distilled from the frozen
+               teacher, one group per seed of ``--seeds``
+B_4bit         scheme B with W4A8 (4-bit weights): alone and distilled
+progressive    ternary W2A8 with progressive ancillary branches (no distillation)
+progressive_B  the same, distilled from the teacher
+A              scheme A: ternary student and teacher trained together from scratch
+=============  =================================================================================
+
+Each group is one recipe run (`recipes.pretrain.run`, `recipes.apprentice.run`,
+`recipes.progressive.run`) in ``<work_dir>/<group>``, resumable epoch by epoch; when a group
+finishes, its rows join the JSON output at once and a rerun skips it, so the study is built over
+several sittings (``--groups`` limits a sitting to some groups). The report then prints the table
+(Keras and TFLite top-1, their agreement over the whole test split, gzip and packed bytes, epochs
+to reach 95% of the row's final validation accuracy, seconds per epoch) and, per scheme, the share
+of the float-to-ternary gap that distillation recovered,
+
+    recovered = (top1(ternary + KD) − top1(ternary alone)) / (top1(float) − top1(ternary alone)),
+
+with the mean and standard deviation over seeds where there are several. Writes
+benchmarks/results/accuracy.json.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import data, reporting
-from apprentice_tf.compat import keras
-from apprentice_tf.models import resnet
-from recipes import apprentice, progressive
-from recipes._common import deploy, train_stage
+from apprentice_tf import reporting
+from recipes import apprentice, pretrain, progressive
 
-flags.DEFINE_string("train_split", "train[:10%]", "CIFAR-10 training slice of every row")
-flags.DEFINE_string("test_split", "test[:20%]", "CIFAR-10 evaluation slice of every row")
-flags.DEFINE_integer("epochs", 3, "epochs of every training stage (teacher, student, baseline)")
-flags.DEFINE_string("teacher", "resnet56", "teacher network (float), trained once, shared")
-flags.DEFINE_integer("batch_size", 128, "batch size")
+flags.DEFINE_integer("epochs", 15, "epochs of every from-scratch row (students and teacher)")
+flags.DEFINE_integer("finetune_epochs", 3, "scheme C: fine-tuning epochs of both C rows")
+flags.DEFINE_string("teacher", "resnet56", "teacher network (float CIFAR ResNet)")
+flags.DEFINE_string("student", "resnet20", "student network (CIFAR ResNet)")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of the ternary alone / scheme B comparison")
+flags.DEFINE_list("groups", [], "run only these groups (default: every group, in order)")
+flags.DEFINE_string("train_split", "train", "CIFAR-10 training split of every row")
+flags.DEFINE_string("test_split", "test", "CIFAR-10 test split of every row")
 flags.DEFINE_integer("threads", 2, "TensorFlow threads")
 flags.DEFINE_string("work_dir", "runs/accuracy", "where the recipe runs keep their stages")
 flags.DEFINE_string("output", "benchmarks/results/accuracy.json", "JSON output path")
 
+STUDENT_BITS = {"ternary": "ternary W2A8", "4": "W4A8"}
 
-def _apprentice(scheme: str, bits: str, teacher_checkpoint: str, work: Path) -> dict[str, Any]:
+
+def _budget() -> dict[str, Any]:
     f = flags.FLAGS
-    return apprentice.run(
-        apprentice.ApprenticeConfig(
-            scheme=scheme,
+    return {
+        "train_split": f.train_split,
+        "test_split": f.test_split,
+        "epochs": f.epochs,
+        "finetune_epochs": f.finetune_epochs,
+        "teacher": f.teacher,
+        "student": f.student,
+        "batch_size": 128,
+        "schedule": "SGD Nesterov 0.9, 1 warm-up epoch, cosine to 0, weight decay 5e-4",
+    }
+
+
+def _pretrain(model: str, work: Path) -> dict[str, Any]:
+    f = flags.FLAGS
+    return pretrain.run(
+        pretrain.PretrainConfig(
+            model=model,
             train_split=f.train_split,
             test_split=f.test_split,
-            teacher=f.teacher,
-            student="resnet20",
-            weight_bits=bits,
-            activation_bits=8,
             epochs=f.epochs,
-            teacher_epochs=f.epochs,
-            student_pretrain_epochs=f.epochs,
-            finetune_epochs=f.epochs,
-            batch_size=f.batch_size,
-            teacher_checkpoint=teacher_checkpoint,
             output_dir=str(work),
             threads=f.threads,
             verbose=2,
@@ -60,165 +91,350 @@ def _apprentice(scheme: str, bits: str, teacher_checkpoint: str, work: Path) -> 
     )
 
 
-def _progressive(work: Path) -> dict[str, Any]:
+def _teacher_weights(work_dir: Path) -> str:
+    return str(work_dir / "teacher" / "float.weights.h5")
+
+
+def _apprentice(scheme: str, bits: str, work: Path, **overrides: Any) -> dict[str, Any]:
     f = flags.FLAGS
+    settings = {
+        "scheme": scheme,
+        "train_split": f.train_split,
+        "test_split": f.test_split,
+        "teacher": f.teacher,
+        "student": f.student,
+        "weight_bits": bits,
+        "activation_bits": 8,
+        "epochs": f.epochs,
+        "teacher_epochs": f.epochs,
+        "student_pretrain_epochs": f.epochs,
+        "finetune_epochs": f.finetune_epochs,
+        "teacher_checkpoint": "" if scheme == "A" else _teacher_weights(Path(f.work_dir)),
+        "output_dir": str(work),
+        "threads": f.threads,
+        "verbose": 2,
+        **overrides,
+    }
+    return apprentice.run(apprentice.ApprenticeConfig(**settings))
+
+
+def _progressive(work: Path, with_teacher: bool) -> dict[str, Any]:
+    f = flags.FLAGS
+    teacher = {}
+    if with_teacher:
+        teacher = {"teacher": f.teacher, "teacher_checkpoint": _teacher_weights(Path(f.work_dir))}
     return progressive.run(
         progressive.ProgressiveConfig(
             train_split=f.train_split,
             test_split=f.test_split,
-            model="resnet20",
+            model=f.student,
             weight_bits="ternary",
             activation_bits=8,
             epochs=f.epochs,
-            batch_size=f.batch_size,
+            plain=False,
             output_dir=str(work),
             threads=f.threads,
             verbose=2,
+            **teacher,
         )
     )
 
 
-def _float_student(work: Path) -> dict[str, Any]:
-    """A float ResNet-20 trained like the students (the recipes' SGD + cosine schedule)."""
-    f = flags.FLAGS
-    keras.utils.set_random_seed(0)
-    train = data.load("cifar10", f.train_split, f.batch_size, augment=True, seed=0)
-    test = data.load("cifar10", f.test_split, 256)
-    model = resnet.resnet20(num_classes=10)
-    steps = int(train.cardinality())
-    model.compile(
-        apprentice._optimizer(0.1, f.epochs, steps),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+def epochs_to_95(curve: list[float]) -> int | None:
+    """The first epoch (1-based) whose validation top-1 reaches 95% of the curve's last value."""
+    if not curve:
+        return None
+    target = 0.95 * curve[-1]
+    return next(epoch for epoch, value in enumerate(curve, start=1) if value >= target)
+
+
+def _seconds_per_epoch(work: Path, stage: str) -> float | None:
+    """Median wall seconds per epoch of a recipe stage, from its CSV log."""
+    log = work / f"{stage}.csv"
+    if not log.exists():
+        return None
+    lines = log.read_text().splitlines()
+    header = lines[0].split(",") if lines else []
+    if "seconds" not in header:
+        return None
+    column = header.index("seconds")
+    seconds = [float(line.split(",")[column]) for line in lines[1:] if line.strip()]
+    return statistics.median(seconds) if seconds else None
+
+
+def _row(
+    result_row: dict[str, Any],
+    name: str,
+    curve: list[float],
+    work: Path,
+    stage: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    keep = (
+        "model",
+        "bits",
+        "keras_top1",
+        "tflite_top1",
+        "file_bytes",
+        "gzip_bytes",
+        "packed_bytes",
+        "tflite",
     )
-    train_stage("float", model, train, f.epochs, work, validation_data=test, verbose=2)
-    row = {"model": "resnet20", "bits": "float32", "scheme": "float"}
-    return {"rows": [deploy(model, work / "float.tflite", test, row, verbose=0)]}
+    return {
+        "row": name,
+        "seed": seed,
+        **{key: result_row.get(key) for key in keep},
+        "agreement": result_row["agreement"],
+        "epochs_to_95": epochs_to_95(curve),
+        "curve": curve,
+        "seconds_per_epoch": _seconds_per_epoch(work, stage),
+        "work": str(work),
+    }
 
 
-def _rows(results: dict[str, Any], keep: dict[str, str]) -> list[dict[str, Any]]:
-    """The result rows whose scheme is a key of `keep`, renamed to the table's row names."""
-    columns = ("model", "bits", "keras_top1", "tflite_top1", "packed_bytes", "file_bytes")
-    return [
-        {
-            "row": keep[row["scheme"]],
-            **{k: row.get(k) for k in columns},
-            "ms_per_image": row.get("tflite_ms_per_example"),
-        }
-        for row in results["rows"]
-        if row["scheme"] in keep
+def _by_scheme(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["scheme"]: row for row in results["rows"]}
+
+
+def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]]:
+    f = flags.FLAGS
+    student = f.student
+
+    def float_group() -> list[dict[str, Any]]:
+        work = work_dir / "float"
+        results = _pretrain(student, work)
+        curve = results["val_accuracy"]
+        return [_row(results["rows"][0], f"float {student}", curve, work, "float")]
+
+    def teacher_group() -> list[dict[str, Any]]:
+        work = work_dir / "teacher"
+        results = _pretrain(f.teacher, work)
+        curve = results["val_accuracy"]
+        return [_row(results["rows"][0], f"teacher {f.teacher} (float)", curve, work, "float")]
+
+    def scheme_c() -> list[dict[str, Any]]:
+        work = work_dir / "C"
+        results = _apprentice(
+            "C",
+            "ternary",
+            work,
+            student_checkpoint=str(work_dir / "float" / "float.weights.h5"),
+        )
+        rows, curves = _by_scheme(results), results["curves"]
+        return [
+            _row(
+                rows["alone"],
+                "ternary W2A8 fine-tuned alone (C baseline)",
+                curves["baseline (alone, fine-tuned)"],
+                work,
+                "baseline",
+            ),
+            _row(rows["C"], "ternary W2A8 + KD scheme C", curves["distilled (C)"], work, "distill"),
+        ]
+
+    def scheme_b(bits: str, seed: int, work: Path) -> list[dict[str, Any]]:
+        results = _apprentice("B", bits, work, seed=seed)
+        rows, curves = _by_scheme(results), results["curves"]
+        label = STUDENT_BITS[bits]
+        return [
+            _row(
+                rows["alone"], f"{label} alone", curves["baseline (alone)"], work, "baseline", seed
+            ),
+            _row(
+                rows["B"],
+                f"{label} + KD scheme B",
+                curves["distilled (B)"],
+                work,
+                "distill",
+                seed,
+            ),
+        ]
+
+    def progressive_group(with_teacher: bool) -> list[dict[str, Any]]:
+        work = work_dir / ("progressive_B" if with_teacher else "progressive")
+        results = _progressive(work, with_teacher)
+        row = _by_scheme(results)["progressive+KD" if with_teacher else "progressive"]
+        name = "ternary W2A8 progressive" + (" + KD scheme B" if with_teacher else "")
+        return [_row(row, name, results["curves"]["progressive"], work, "progressive")]
+
+    def scheme_a() -> list[dict[str, Any]]:
+        work = work_dir / "A"
+        results = _apprentice("A", "ternary", work, baseline=False)
+        row = _by_scheme(results)["A"]
+        return [
+            _row(
+                row,
+                "ternary W2A8 + KD scheme A",
+                results["curves"]["distilled (A)"],
+                work,
+                "distill",
+            )
+        ]
+
+    plan: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
+        ("float", float_group),
+        ("teacher", teacher_group),
+        ("C", scheme_c),
     ]
+    for seed in (int(s) for s in f.seeds):
+        plan.append(
+            (
+                f"B_seed{seed}",
+                lambda seed=seed: scheme_b("ternary", seed, work_dir / f"B_seed{seed}"),
+            )
+        )
+    plan += [
+        ("B_4bit", lambda: scheme_b("4", 0, work_dir / "B_4bit")),
+        ("progressive", lambda: progressive_group(False)),
+        ("progressive_B", lambda: progressive_group(True)),
+        ("A", scheme_a),
+    ]
+    return plan
+
+
+def _mean_std(values: list[float]) -> dict[str, float | int]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def gap_recovered(rows: list[dict[str, Any]], student: str) -> list[dict[str, Any]]:
+    """Per scheme, (KD − alone) / (float − alone) on TFLite top-1, with the spread over seeds.
+
+    Scheme B pairs each seed's distilled row with the same seed's baseline; scheme C with its own
+    fine-tuned baseline; A and the progressive + KD row with the mean of the ternary baselines.
+    """
+    float_rows = [r for r in rows if r["row"] == f"float {student}"]
+    if not float_rows:
+        return []
+    top1_float = float_rows[0]["tflite_top1"]
+
+    def ratio(distilled: float, alone: float) -> float | None:
+        return None if top1_float <= alone else (distilled - alone) / (top1_float - alone)
+
+    def named(name: str) -> list[dict[str, Any]]:
+        return [r for r in rows if r["row"] == name]
+
+    alone = {r["seed"]: r["tflite_top1"] for r in named("ternary W2A8 alone")}
+    gains = []
+    pairs = [
+        (r["tflite_top1"], alone[r["seed"]])
+        for r in named("ternary W2A8 + KD scheme B")
+        if r["seed"] in alone
+    ]
+    recovered = [x for x in (ratio(d, a) for d, a in pairs) if x is not None]
+    if recovered:
+        gains.append(
+            {
+                "scheme": "B",
+                "recovered": _mean_std(recovered),
+                "gain_points": _mean_std([100 * (d - a) for d, a in pairs]),
+                "per_seed": recovered,
+            }
+        )
+    c_alone = named("ternary W2A8 fine-tuned alone (C baseline)")
+    c_kd = named("ternary W2A8 + KD scheme C")
+    if c_alone and c_kd:
+        value = ratio(c_kd[0]["tflite_top1"], c_alone[0]["tflite_top1"])
+        gains.append(
+            {
+                "scheme": "C",
+                "recovered": None if value is None else _mean_std([value]),
+                "gain_points": _mean_std(
+                    [100 * (c_kd[0]["tflite_top1"] - c_alone[0]["tflite_top1"])]
+                ),
+            }
+        )
+    if alone:
+        mean_alone = statistics.fmean(alone.values())
+        for scheme, name in (
+            ("A", "ternary W2A8 + KD scheme A"),
+            ("progressive + B", "ternary W2A8 progressive + KD scheme B"),
+        ):
+            for r in named(name):
+                value = ratio(r["tflite_top1"], mean_alone)
+                gains.append(
+                    {
+                        "scheme": scheme,
+                        "recovered": None if value is None else _mean_std([value]),
+                        "gain_points": _mean_std([100 * (r["tflite_top1"] - mean_alone)]),
+                    }
+                )
+    return gains
+
+
+def _format_mean_std(value: dict[str, float | int] | None, scale: float = 1.0) -> str:
+    if value is None:
+        return "undefined"
+    if value["n"] == 1:
+        return f"{scale * value['mean']:.3f}"
+    return f"{scale * value['mean']:.3f} ± {scale * value['std']:.3f} (n={value['n']})"
 
 
 def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
-    work = Path(f.work_dir)
+    work_dir = Path(f.work_dir)
     output = Path(f.output)
     table: dict[str, Any] = json.loads(output.read_text()) if output.exists() else {}
-    budget = {
-        k: getattr(f, k) for k in ("train_split", "test_split", "epochs", "teacher", "batch_size")
-    }
+    budget = _budget()
     if table.get("budget", budget) != budget:
         raise SystemExit(
             f"error: {output} was built with budget {table['budget']}; pass the same "
             "flags, or another --output."
         )
-    table.setdefault("budget", budget)
+    table["budget"] = budget
     groups = table.setdefault("groups", {})
-    teacher = str(work / "B_ternary" / "teacher.keras")
-    plan: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
-        ("float", lambda: _rows(_float_student(work / "float"), {"float": "float ResNet-20"})),
-        (
-            "B_ternary",
-            lambda: _rows(
-                _apprentice("B", "ternary", "", work / "B_ternary"),
-                {
-                    "teacher": f"teacher ({f.teacher}, float)",
-                    "alone": "ternary W2A8 alone",
-                    "B": "ternary W2A8 + KD scheme B",
-                },
-            ),
-        ),
-        (
-            "C_ternary",
-            lambda: _rows(
-                _apprentice("C", "ternary", teacher, work / "C_ternary"),
-                {"float": "float ResNet-20", "C": "ternary W2A8 + KD scheme C"},
-            ),
-        ),
-        (
-            "A_ternary",
-            lambda: _rows(
-                _apprentice("A", "ternary", "", work / "A_ternary"),
-                {"A": "ternary W2A8 + KD scheme A"},
-            ),
-        ),
-        (
-            "B_4bit",
-            lambda: _rows(
-                _apprentice("B", "4", teacher, work / "B_4bit"),
-                {"alone": "4-bit W4A8 alone", "B": "4-bit W4A8 + KD scheme B"},
-            ),
-        ),
-        (
-            "progressive",
-            lambda: _rows(
-                _progressive(work / "progressive"), {"progressive": "ternary W2A8 progressive"}
-            ),
-        ),
-    ]
-    for name, build in plan:
-        if name in groups:
-            print(f"[{name}] already in {output}: skipped")
-            continue
+    plan = _plan(work_dir)
+    unknown = sorted(set(f.groups) - {name for name, _ in plan})
+    if unknown:
+        raise SystemExit(f"error: --groups {unknown} unknown; known: {[n for n, _ in plan]}")
+    todo = [(n, build) for n, build in plan if n not in groups and (not f.groups or n in f.groups)]
+    for index, (name, build) in enumerate(todo, start=1):
+        print(f"[study] group {index}/{len(todo)}: {name}", flush=True)
         groups[name] = build()
         table["machine"] = reporting.machine_info(f.threads)
+        table["gap_recovered"] = gap_recovered([r for g in groups.values() for r in g], f.student)
         reporting.write_json(output, table)
-        print(f"[{name}] done: {[row['row'] for row in groups[name]]}", flush=True)
+        print(f"[study] {name} done: {[row['row'] for row in groups[name]]}", flush=True)
 
     rows = [row for group in groups.values() for row in group]
-    top1 = {row["row"]: row["tflite_top1"] for row in rows}
-    gains = []
-    float_top1 = top1.get("float ResNet-20")
-    ternary_top1 = top1.get("ternary W2A8 alone")
-    for scheme in ("A", "B", "C"):
-        distilled = top1.get(f"ternary W2A8 + KD scheme {scheme}")
-        if None in (distilled, float_top1, ternary_top1) or float_top1 <= ternary_top1:
-            continue  # no float-to-ternary gap at this budget: nothing to recover
-        recovered = (distilled - ternary_top1) / (float_top1 - ternary_top1)
-        gains.append({"scheme": scheme, "recovered": recovered, "goal_met": recovered >= 0.5})
-    table["gap_recovered"] = gains
-    if not gains:
-        print(
-            "No float-to-ternary gap at this budget (the ternary student is not below the "
-            "float one), so 'gap recovered' is undefined."
-        )
+    table["gap_recovered"] = gap_recovered(rows, f.student)
     reporting.write_json(output, table)
-    machine = table["machine"]
-    print(
-        f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TF {machine['tensorflow']}, "
-        f"{machine['date']}. Budget: {budget}"
-    )
+    if "machine" in table:
+        machine = table["machine"]
+        print(
+            f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TF {machine['tensorflow']}, "
+            f"{machine['date']}. Budget: {budget}"
+        )
+    for row in rows:
+        row["agreement_top1"] = row["agreement"]["top1_agreement"]
     print(
         reporting.markdown_table(
             rows,
             [
                 ("row", "row"),
-                ("bits", "bits"),
+                ("seed", "seed"),
                 ("keras_top1", "Keras top-1"),
                 ("tflite_top1", "TFLite top-1"),
+                ("agreement_top1", "agreement"),
+                ("gzip_bytes", "gzip B"),
                 ("packed_bytes", "packed B"),
-                ("ms_per_image", "TFLite ms/image"),
+                ("epochs_to_95", "epochs to 95%"),
+                ("seconds_per_epoch", "s/epoch"),
             ],
         )
     )
     print()
-    print(
-        reporting.markdown_table(
-            gains, [("scheme", "scheme"), ("recovered", "gap recovered"), ("goal_met", "≥ 0.5")]
+    for gain in table["gap_recovered"]:
+        print(
+            f"scheme {gain['scheme']}: gap recovered {_format_mean_std(gain['recovered'])}, "
+            f"gain {_format_mean_std(gain['gain_points'])} points (goal: recovered >= 0.5)"
         )
-    )
+    if not table["gap_recovered"]:
+        print("Gap recovered: not yet measurable (needs the float row and a KD/alone pair).")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 
 Reads benchmarks/results/{step_cost,deploy,accuracy}.json (whichever exist) and writes
 step_cost.png (median ms per step, bars), latency_vs_size.png (LiteRT latency against file size
-per export) and accuracy_vs_size.png (TFLite top-1 against ideal packed size per row) beside them.
+per export), accuracy_vs_size.png (TFLite top-1 against ideal packed size per row) and
+ternary_curves.png (validation top-1 per epoch of ternary alone vs scheme B, every seed) beside
+them.
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ def main(argv: list[str]) -> None:
         written.append(
             reporting.plot_accuracy_vs_size(rows, RESULTS / "accuracy_vs_size.png", label_key="row")
         )
+        curves = {
+            f"{row['row']} (seed {row['seed']})": row["curve"]
+            for row in rows
+            if row["row"] in ("ternary W2A8 alone", "ternary W2A8 + KD scheme B") and row["curve"]
+        }
+        if curves:
+            written.append(
+                reporting.plot_curves(
+                    curves,
+                    RESULTS / "ternary_curves.png",
+                    ylabel="validation top-1 (full test split)",
+                    title="ternary ResNet-20: alone vs distilled (scheme B)",
+                )
+            )
     for path in written:
         print(path)
 

@@ -6,6 +6,12 @@ Times the median wall time of one compiled training step (Keras's own train func
 repeatedly on a cached CIFAR-sized random batch after warm-up; no XLA `jit_compile`) for each
 configuration, prints a table and the ratios against the project's goals, and writes
 benchmarks/results/step_cost.json with the machine it ran on.
+
+bfloat16: the float student and the teacher's train step are also built under Keras's
+``mixed_bfloat16`` policy and timed against their float32 twins side by side, alternating blocks of
+``--steps`` steps over ``--rounds`` rounds, so that machine drift reaches both alike; the JSON
+records each round's ratio bf16/float32 and whether the CPU has bfloat16 instructions
+(`apprentice_tf.precision.native_bfloat16`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 import apprentice_tf as atf
-from apprentice_tf import reporting
+from apprentice_tf import precision, reporting
 from apprentice_tf.compat import keras, tf
 from apprentice_tf.models import resnet
 
@@ -26,6 +32,7 @@ flags.DEFINE_integer("batch_size", 128, "images per step (CIFAR-sized, 32x32x3)"
 flags.DEFINE_integer("steps", 20, "timed steps per configuration")
 flags.DEFINE_integer("warmup", 5, "untimed steps first (tracing, allocation)")
 flags.DEFINE_integer("threads", 2, "TensorFlow intra- and inter-op threads")
+flags.DEFINE_integer("rounds", 3, "alternating rounds of the bfloat16 / float32 pairs")
 flags.DEFINE_string("output", "benchmarks/results/step_cost.json", "JSON output path")
 
 #: Goal ratios: (name, numerator, denominator terms, limit).
@@ -64,6 +71,27 @@ def _train_step(model: keras.Model, dataset: tf.data.Dataset) -> Callable[[], ob
     iterator = iter(dataset.repeat())
     function = model.make_train_function()
     return lambda: function(iterator)
+
+
+def _paired_ms(
+    steps: dict[str, Callable[[], object]], rounds: int, timed: int, warmup: int
+) -> dict[str, list[float]]:
+    """Median ms per step of each named step, one block each per round, in alternating order."""
+    medians: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else reversed(names):
+            medians[name].append(_median_ms(steps[name], timed, warmup)[0])
+    return medians
+
+
+def _build_under(policy: str, build: Callable[[], keras.Model]) -> keras.Model:
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return build()
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _sgd() -> keras.optimizers.Optimizer:
@@ -116,6 +144,42 @@ def main(argv: list[str]) -> None:
         median, p90 = _median_ms(build(), f.steps, f.warmup)
         rows.append({"configuration": name, "median_ms": median, "p90_ms": p90})
         print(f"{name:28s} median {median:8.1f} ms   p90 {p90:8.1f} ms", flush=True)
+    pairs = []
+    for name, build in (
+        ("float student", lambda: resnet.resnet20(num_classes=10)),
+        ("teacher train step", lambda: resnet.resnet56(num_classes=10)),
+    ):
+        medians = _paired_ms(
+            {
+                policy: plain(_build_under(policy, build))
+                for policy in ("float32", "mixed_bfloat16")
+            },
+            f.rounds,
+            f.steps,
+            f.warmup,
+        )
+        ratios = [b / a for a, b in zip(medians["float32"], medians["mixed_bfloat16"], strict=True)]
+        pairs.append(
+            {
+                "configuration": name,
+                "float32_ms": medians["float32"],
+                "mixed_bfloat16_ms": medians["mixed_bfloat16"],
+                "ratio_bf16_to_fp32": float(np.median(ratios)),
+                "ratio_per_round": ratios,
+            }
+        )
+        rows.append(
+            {
+                "configuration": f"{name}, mixed_bfloat16",
+                "median_ms": float(np.median(medians["mixed_bfloat16"])),
+                "p90_ms": float(np.max(medians["mixed_bfloat16"])),
+            }
+        )
+        print(
+            f"{name:28s} bf16/fp32 {np.median(ratios):.2f} "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})",
+            flush=True,
+        )
     times = {row["configuration"]: row["median_ms"] for row in rows}
     goals = []
     for label, numerator, denominator, limit in GOALS:
@@ -140,6 +204,17 @@ def main(argv: list[str]) -> None:
     print()
     print(
         reporting.markdown_table(
+            pairs,
+            [
+                ("configuration", "network"),
+                ("ratio_bf16_to_fp32", "bf16 / fp32 step time (median of rounds)"),
+            ],
+        )
+    )
+    print(f"CPU has bfloat16 instructions: {precision.native_bfloat16()}")
+    print()
+    print(
+        reporting.markdown_table(
             goals, [("goal", "goal"), ("ratio", "measured"), ("limit", "limit"), ("met", "met")]
         )
     )
@@ -153,6 +228,8 @@ def main(argv: list[str]) -> None:
             "jit_compile": False,
             "rows": rows,
             "goals": goals,
+            "native_bfloat16": precision.native_bfloat16(),
+            "bfloat16_pairs": pairs,
         },
     )
 

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,17 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return history
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``seconds`` (the epoch's wall time, validation included) to the epoch logs."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["seconds"] = time.perf_counter() - self._start
+
+
 def train_stage(
     name: str,
     model: keras.Model,
@@ -135,11 +147,15 @@ def train_stage(
     validation_data: tf.data.Dataset | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
+    steps_per_epoch: int | None = None,
 ) -> dict[str, list[float]]:
     """Fit `model` for `epochs`, resumable; returns the full per-epoch history.
 
+    `steps_per_epoch` is passed to ``fit`` (for a repeated dataset).
+
     A finished stage (``<stage>.weights.h5`` present) is loaded instead of trained again.
-    An interrupted one resumes from its last finished epoch via BackupAndRestore.
+    An interrupted one resumes from its last finished epoch via BackupAndRestore. The CSV log
+    records every epoch's metrics and its wall time (``seconds``).
     """
     weights = output_dir / f"{name}.weights.h5"
     log = output_dir / f"{name}.csv"
@@ -154,9 +170,10 @@ def train_stage(
         train_data,
         epochs=epochs,
         validation_data=validation_data,
+        steps_per_epoch=steps_per_epoch,
         # BackupAndRestore first (it restores before anything else runs); the CSV logger last,
         # so it records what the caller's callbacks add to the epoch logs (e.g. λ).
-        callbacks=[backup, *callbacks, logger],
+        callbacks=[backup, EpochTimer(), *callbacks, logger],
         verbose=verbose,
     )
     model.save_weights(weights)
@@ -180,22 +197,52 @@ def deploy(
     row: dict[str, Any],
     verbose: int = 1,
 ) -> dict[str, Any]:
-    """Convert `model` to `path`, inspect and evaluate the file; returns `row` completed.
+    """Convert `model` to `path`, inspect the file and compare it with Keras on all of `test_data`.
 
-    Adds top-1 of the Keras model and of the .tflite file on `test_data`, their top-1 agreement
-    on the first batch, the file/gzip/packed/float32 sizes and the per-layer inspection.
+    One pass over the split runs both networks on every batch (Keras in inference mode, the
+    .tflite file under the LiteRT interpreter) and adds to `row`: ``keras_top1``,
+    ``tflite_top1``, their per-example top-1 ``agreement`` with the maximum and mean absolute
+    logit difference (``max_abs_diff``, ``mean_abs_diff``; ``max_abs_output`` = max |Keras logit|
+    to judge them against), the file/gzip/packed/float32 sizes and the per-layer inspection.
     """
     tflite.convert(model, path)
     weights = tflite.inspect(path)
     sizes = tflite.size_report(path, weights)
-    first_batch = next(iter(test_data))[0].numpy()
-    evaluation = tflite.evaluate(path, test_data, verbose=verbose)
+    keras_correct = tflite_correct = agree = examples = 0
+    max_diff = sum_diff = max_output = 0.0
+    values = 0
+    cardinality = int(test_data.cardinality())
+    progress = keras.utils.Progbar(
+        cardinality if cardinality > 0 else None, verbose=verbose, unit_name="batch"
+    )
+    for step, (x, y) in enumerate(test_data, start=1):
+        expected = np.asarray(model(x, training=False), dtype=np.float32)
+        actual = tflite.predict(path, np.asarray(x))
+        labels = np.asarray(y).reshape(-1)
+        keras_correct += int(np.sum(expected.argmax(-1) == labels))
+        tflite_correct += int(np.sum(actual.argmax(-1) == labels))
+        agree += int(np.sum(expected.argmax(-1) == actual.argmax(-1)))
+        examples += len(labels)
+        difference = np.abs(expected - actual)
+        max_diff = max(max_diff, float(difference.max()))
+        sum_diff += float(difference.sum())
+        values += difference.size
+        max_output = max(max_output, float(np.abs(expected).max()))
+        progress.update(step)
+    if examples == 0:
+        raise RecipeError(f"deploy: the test split gave no examples for {path}.")
     return {
         **row,
-        "keras_top1": keras_top1(model, test_data),
-        "tflite_top1": evaluation["accuracy"],
-        "agreement": tflite.agreement(model, path, first_batch),
-        "tflite_ms_per_example": evaluation["ms_per_example"],
+        "keras_top1": keras_correct / examples,
+        "tflite_top1": tflite_correct / examples,
+        "test_examples": examples,
+        "agreement": {
+            "top1_agreement": agree / examples,
+            "max_abs_diff": max_diff,
+            "mean_abs_diff": sum_diff / values,
+            "max_abs_output": max_output,
+            "examples": examples,
+        },
         **dataclasses.asdict(sizes),
         "tflite": str(path),
         "inspection": [dataclasses.asdict(w) for w in weights],

@@ -26,14 +26,16 @@ copy of the pre-trained float student*, fine-tuned for ``--finetune_epochs`` at 
 learning rate, so the difference between the two rows is exactly what distillation adds. The
 results record ``distillation_gain`` = distilled top-1 − baseline top-1 (TFLite and Keras).
 
-Optimisation (all stages): SGD with momentum 0.9 and a cosine decay of the learning rate from its
-initial value to 0 over the stage's steps (``keras.optimizers.schedules.CosineDecay``), no warm-up
-and no weight decay. Each stage starts with ``keras.utils.set_random_seed(--seed)`` and builds
-fresh input pipelines, so the baseline and the distilled student start from identical weights and
-see the same batches (with ``--cache_teacher_logits``, the distilled student's batches come from
-the cached copy, reshuffled with the same seed). Stages are resumable
-(``recipes/_common.train_stage``): after a kill, the same command skips finished stages and
-resumes the interrupted one from its last finished epoch.
+Optimisation (all stages): SGD with Nesterov momentum 0.9, a linear learning-rate warm-up over
+``--warmup_epochs`` followed by a cosine decay to 0 over the rest of the stage's steps, and
+decoupled weight decay ``--weight_decay`` (`recipes._common.make_optimizer`). Each stage starts
+with ``keras.utils.set_random_seed(--seed)`` and builds fresh input pipelines, so the baseline and
+the distilled student start from identical weights and see the same batches (with
+``--cache_teacher_logits``, the distilled student's batches come from the cached copy, reshuffled
+with the same seed). Stages are resumable (``recipes/_common.train_stage``): after a kill, the
+same command skips finished stages and resumes the interrupted one from its last finished epoch.
+``--student_checkpoint`` (scheme C) starts from an already trained float student;
+``--nobaseline`` skips the no-distillation stage (e.g. when another run already trained it).
 
 Deployment: the teacher, the baseline and the distilled student are converted to TFLite,
 inspected (stored levels per channel) and evaluated with the LiteRT interpreter against Keras
@@ -61,7 +63,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,18 +83,18 @@ from recipes._common import (
     configure_threads,
     deploy,
     finish,
+    make_optimizer,
+    resnet_depth,
     run_main,
+    steps_per_epoch,
     train_stage,
 )
 
 SCHEMES = ("A", "B", "C")
-#: CIFAR ResNet names (He et al. 2016): resnet<6n+2>, e.g. resnet20/32/44/56/110 (resnet8: tests).
-_RESNET = re.compile(r"resnet(\d+)")
 WEIGHT_BITS = ("ternary", "2", "4", "8")
 ACTIVATION_BITS = (8, 4)  # 0 (float activations) is refused: see _check_flags
 #: 32x32 datasets whose CIFAR ResNets these recipes build (apprentice_tf.data.SMALL_IMAGE_STATS).
 DATASETS = tuple(data.SMALL_IMAGE_STATS)
-MOMENTUM = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +122,13 @@ class ApprenticeConfig:
     batch_size: int = 128
     learning_rate: float = 0.1
     finetune_lr_factor: float = 0.1
+    warmup_epochs: float = 1.0
+    weight_decay: float = 5e-4
     augment: bool = True
     seed: int = 0
     teacher_checkpoint: str = ""
+    student_checkpoint: str = ""
+    baseline: bool = True
     output_dir: str = "runs/apprentice"
     threads: int = 0
     cache_teacher_logits: bool = False
@@ -197,6 +202,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Scheme C: fine-tuning starts at learning_rate * finetune_lr_factor.",
         **common,
     )
+    flags.DEFINE_float(
+        "warmup_epochs",
+        d.warmup_epochs,
+        "Epochs of linear learning-rate warm-up at the start of each stage (capped below the "
+        "stage's length).",
+        **common,
+    )
+    flags.DEFINE_float(
+        "weight_decay", d.weight_decay, "Decoupled weight decay λ of every stage.", **common
+    )
     flags.DEFINE_boolean("augment", d.augment, "Pad-crop-flip training augmentation.", **common)
     flags.DEFINE_integer("seed", d.seed, "Seed set at the start of every stage.", **common)
     flags.DEFINE_string(
@@ -204,6 +219,19 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         d.teacher_checkpoint,
         "Schemes B and C: load the teacher's weights (.keras or .weights.h5 of the --teacher "
         "architecture) instead of training it.",
+        **common,
+    )
+    flags.DEFINE_string(
+        "student_checkpoint",
+        d.student_checkpoint,
+        "Scheme C: load the full-precision student's weights (.weights.h5 of the --student "
+        "architecture, e.g. from recipes.pretrain) instead of training it.",
+        **common,
+    )
+    flags.DEFINE_boolean(
+        "baseline",
+        d.baseline,
+        "Also train the same student without distillation (the 'alone' row).",
         **common,
     )
     flags.DEFINE_string("output_dir", d.output_dir, "Directory for every output.", **common)
@@ -242,6 +270,7 @@ class _Setup:
     weight_bits: str | int
     activation_bits: int
     teacher: keras.Model | None  # loaded from --teacher_checkpoint
+    student: keras.Model | None  # loaded from --student_checkpoint (scheme C)
 
 
 def _check_integer(flag: str, value: Any, minimum: int) -> None:
@@ -259,18 +288,6 @@ def _check_weight(flag: str, value: Any) -> None:
         raise RecipeError(f"--{flag} must be a finite number >= 0, received {value!r}.")
 
 
-def _resnet_depth(flag: str, name: Any) -> int:
-    """The depth of a CIFAR ResNet name, resnet<6n+2>."""
-    match = _RESNET.fullmatch(name) if isinstance(name, str) else None
-    depth = int(match.group(1)) if match else 0
-    if depth < 8 or (depth - 2) % 6:
-        raise RecipeError(
-            f"--{flag}={name!r} is not a CIFAR ResNet; use resnet<6n+2>, e.g. resnet20, resnet32, "
-            "resnet44, resnet56 or resnet110."
-        )
-    return depth
-
-
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
@@ -279,8 +296,8 @@ def _check_flags(config: ApprenticeConfig) -> None:
     """Checks that need neither the dataset nor a model."""
     check_choice("scheme", config.scheme, SCHEMES)
     check_choice("dataset", config.dataset, DATASETS)
-    _resnet_depth("teacher", config.teacher)
-    _resnet_depth("student", config.student)
+    resnet_depth("teacher", config.teacher)
+    resnet_depth("student", config.student)
     check_choice("weight_bits", config.weight_bits, WEIGHT_BITS)
     if config.activation_bits == 0:
         raise RecipeError(
@@ -302,8 +319,13 @@ def _check_flags(config: ApprenticeConfig) -> None:
     _check_integer("seed", config.seed, 0)
     _check_integer("threads", config.threads, 0)
     check_choice("verbose", config.verbose, (0, 1, 2))
-    for flag in ("alpha", "beta", "gamma"):
+    for flag in ("alpha", "beta", "gamma", "warmup_epochs", "weight_decay"):
         _check_weight(flag, getattr(config, flag))
+    if config.student_checkpoint and config.scheme != "C":
+        raise RecipeError(
+            f"--student_checkpoint is for scheme C (received --scheme={config.scheme}): A and B "
+            "train the low-precision student from scratch."
+        )
     _check_weight("temperature", config.temperature)
     check_positive("temperature", config.temperature)
     if config.beta == config.gamma == 0:
@@ -329,6 +351,7 @@ def _check_flags(config: ApprenticeConfig) -> None:
             "image, so random crops and flips would be trained towards another view's logits."
         )
     check_file("teacher_checkpoint", config.teacher_checkpoint)
+    check_file("student_checkpoint", config.student_checkpoint)
 
 
 def _weight_bits(value: str) -> str | int:
@@ -346,7 +369,7 @@ def _bits_label(config: ApprenticeConfig) -> str:
 
 def _build(name: str, width: float, num_classes: int, role: str) -> keras.Model:
     return cifar_resnet(
-        _resnet_depth(role, name),
+        resnet_depth(role, name),
         num_classes=num_classes,
         width_multiplier=width,
         name=f"{role}_{name}",
@@ -381,6 +404,20 @@ def _load_teacher(config: ApprenticeConfig, num_classes: int) -> keras.Model:
     return teacher
 
 
+def _load_student(config: ApprenticeConfig, num_classes: int) -> keras.Model:
+    """Scheme C: the full-precision student architecture with --student_checkpoint's weights."""
+    student = _build_student(config, num_classes)
+    try:
+        student.load_weights(config.student_checkpoint)
+    except (ValueError, OSError, KeyError) as error:
+        raise RecipeError(
+            f"--student_checkpoint={config.student_checkpoint!r} does not fit --student="
+            f"{config.student} --student_width={config.student_width:g} with {num_classes} "
+            f"classes ({config.dataset}): {_one_line(error)}"
+        ) from None
+    return student
+
+
 def _check(config: ApprenticeConfig) -> _Setup:
     """Every check, in order of cost; raises RecipeError before anything is written."""
     if not isinstance(config, ApprenticeConfig):
@@ -395,12 +432,14 @@ def _check(config: ApprenticeConfig) -> _Setup:
     except ValueError as error:
         raise RecipeError(f"--dataset/--train_split/--test_split: {_one_line(error)}") from None
     teacher = _load_teacher(config, num_classes) if config.teacher_checkpoint else None
+    student = _load_student(config, num_classes) if config.student_checkpoint else None
     return _Setup(
         output_dir=output_dir,
         num_classes=num_classes,
         weight_bits=_weight_bits(config.weight_bits),
         activation_bits=config.activation_bits,
         teacher=teacher,
+        student=student,
     )
 
 
@@ -423,17 +462,18 @@ def _test_data(config: ApprenticeConfig) -> tf.data.Dataset:
     return data.load(config.dataset, config.test_split, config.batch_size)
 
 
-def _steps_per_epoch(dataset: tf.data.Dataset) -> int:
-    steps = int(dataset.cardinality())
-    if steps < 0:
-        steps = sum(1 for _ in dataset)
-    return max(1, steps)
-
-
-def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int) -> Any:
-    """SGD, momentum 0.9, learning rate cosine-decayed to 0 over the stage's steps."""
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch)
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=MOMENTUM)
+def _optimizer(
+    config: ApprenticeConfig, learning_rate: float, epochs: int, steps: int
+) -> keras.optimizers.Optimizer:
+    """SGD (Nesterov momentum 0.9), warm-up then cosine decay to 0, decoupled weight decay."""
+    return make_optimizer(
+        learning_rate,
+        epochs,
+        steps,
+        warmup_epochs=min(config.warmup_epochs, epochs / 2),
+        weight_decay=config.weight_decay,
+        nesterov=True,
+    )
 
 
 def _finished(output_dir: Path, stage: str) -> bool:
@@ -457,7 +497,7 @@ def _fit_plain(
     """Train `model` on labels alone (sparse cross-entropy from logits) as a resumable stage."""
     train = _train_data(config)
     model.compile(
-        optimizer=_optimizer(learning_rate, epochs, _steps_per_epoch(train)),
+        optimizer=_optimizer(config, learning_rate, epochs, steps_per_epoch(train)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -483,7 +523,7 @@ def _distill(
 ) -> dict[str, list[float]]:
     """The resumable stage "distill": fit the Distiller (cached teacher logits in B if asked)."""
     train = _train_data(config)
-    steps = _steps_per_epoch(train)
+    steps = steps_per_epoch(train)
     if config.cache_teacher_logits and not _finished(output_dir, "distill"):
         _say(config, "[distill] caching the frozen teacher's logits")
         deterministic = data.load(
@@ -494,14 +534,19 @@ def _distill(
             seed=config.seed,
         )
         cached = cache_teacher_logits(teacher, deterministic, verbose=config.verbose)
-        # Pairs are fixed before shuffling, so reshuffling each epoch keeps them intact.
+        # Pairs are fixed before shuffling, so reshuffling each epoch keeps them intact. unbatch()
+        # loses the cardinality; re-batching the same examples gives the same number of
+        # batches, so state it (Keras's progress bar then knows the epoch's total).
         train = (
             cached.unbatch()
             .shuffle(10_000, seed=config.seed, reshuffle_each_iteration=True)
             .batch(config.batch_size)
+            .apply(tf.data.experimental.assert_cardinality(steps))
             .prefetch(tf.data.AUTOTUNE)
         )
-    distiller.compile(optimizer=_optimizer(learning_rate, epochs, steps), metrics=["accuracy"])
+    distiller.compile(
+        optimizer=_optimizer(config, learning_rate, epochs, steps), metrics=["accuracy"]
+    )
     _say(
         config,
         f"[distill] scheme {config.scheme}: {distiller.student.name} from {teacher.name}, "
@@ -569,18 +614,63 @@ def _val(history: dict[str, list[float]], key: str = "val_accuracy") -> list[flo
     return history.get(key, [])
 
 
+def _baseline(
+    config: ApprenticeConfig,
+    setup: _Setup,
+    curves: dict[str, list[float]],
+    float_student: keras.Model | None = None,
+) -> keras.Model | None:
+    """The same low-precision student trained on labels alone (stage "baseline"), if asked.
+
+    From scratch (schemes A, B), or from a quantized copy of `float_student` at the fine-tuning
+    learning rate (scheme C).
+    """
+    if not config.baseline:
+        return None
+    keras.utils.set_random_seed(config.seed)
+    if float_student is None:
+        baseline = _quantize(_build_student(config, setup.num_classes), setup)
+        epochs, learning_rate, label = config.epochs, config.learning_rate, "baseline (alone)"
+    else:
+        baseline = _quantize(float_student, setup)  # the float weights, copied
+        epochs = config.finetune_epochs
+        learning_rate = config.learning_rate * config.finetune_lr_factor
+        label = "baseline (alone, fine-tuned)"
+    history = _fit_plain("baseline", baseline, config, setup.output_dir, epochs, learning_rate)
+    curves[label] = _val(history)
+    return baseline
+
+
+def _float_student(
+    config: ApprenticeConfig, setup: _Setup, curves: dict[str, list[float]]
+) -> keras.Model:
+    """Scheme C: the full-precision student, loaded (--student_checkpoint) or trained."""
+    if setup.student is not None:
+        _say(config, f"[student_float] loaded {config.student_checkpoint}")
+        return setup.student
+    keras.utils.set_random_seed(config.seed)
+    float_student = _build_student(config, setup.num_classes)
+    history = _fit_plain(
+        "student_float",
+        float_student,
+        config,
+        setup.output_dir,
+        config.student_pretrain_epochs,
+        config.learning_rate,
+    )
+    curves["student (float)"] = _val(history)
+    return float_student
+
+
 def _train(
     config: ApprenticeConfig, setup: _Setup
-) -> tuple[keras.Model, keras.Model, keras.Model, dict[str, list[float]]]:
-    """All training stages of the scheme: (teacher, baseline student, distilled student, curves)."""
+) -> tuple[keras.Model, keras.Model | None, keras.Model, dict[str, list[float]]]:
+    """All training stages of the scheme: (teacher, baseline student or None, distilled
+    student, curves)."""
     out = setup.output_dir
     curves: dict[str, list[float]] = {}
     if config.scheme == "A":
-        keras.utils.set_random_seed(config.seed)
-        baseline = _quantize(_build_student(config, setup.num_classes), setup)
-        history = _fit_plain("baseline", baseline, config, out, config.epochs, config.learning_rate)
-        curves["baseline (alone)"] = _val(history)
-
+        baseline = _baseline(config, setup, curves)
         keras.utils.set_random_seed(config.seed)  # same student initialisation as the baseline
         student = _quantize(_build_student(config, setup.num_classes), setup)
         teacher = _build_teacher(config, setup.num_classes)
@@ -593,11 +683,7 @@ def _train(
 
     teacher = _teacher_stage(config, setup, curves)
     if config.scheme == "B":
-        keras.utils.set_random_seed(config.seed)
-        baseline = _quantize(_build_student(config, setup.num_classes), setup)
-        history = _fit_plain("baseline", baseline, config, out, config.epochs, config.learning_rate)
-        curves["baseline (alone)"] = _val(history)
-
+        baseline = _baseline(config, setup, curves)
         keras.utils.set_random_seed(config.seed)
         student = _quantize(_build_student(config, setup.num_classes), setup)
         distiller = Distiller(student, teacher, **_distiller_kwargs(config))
@@ -606,24 +692,8 @@ def _train(
         return teacher, baseline, distiller.student, curves
 
     # Scheme C.
-    keras.utils.set_random_seed(config.seed)
-    float_student = _build_student(config, setup.num_classes)
-    history = _fit_plain(
-        "student_float",
-        float_student,
-        config,
-        out,
-        config.student_pretrain_epochs,
-        config.learning_rate,
-    )
-    curves["student (float)"] = _val(history)
-    finetune_lr = config.learning_rate * config.finetune_lr_factor
-
-    keras.utils.set_random_seed(config.seed)
-    baseline = _quantize(float_student, setup)  # the float weights, copied
-    history = _fit_plain("baseline", baseline, config, out, config.finetune_epochs, finetune_lr)
-    curves["baseline (alone, fine-tuned)"] = _val(history)
-
+    float_student = _float_student(config, setup, curves)
+    baseline = _baseline(config, setup, curves, float_student)
     keras.utils.set_random_seed(config.seed)
     distiller = Distiller.from_pretrained_student(
         float_student,
@@ -632,6 +702,7 @@ def _train(
         activation_bits=setup.activation_bits,
         **_distiller_kwargs(config),
     )
+    finetune_lr = config.learning_rate * config.finetune_lr_factor
     history = _distill(distiller, config, out, config.finetune_epochs, finetune_lr, teacher)
     curves["distilled (C)"] = _val(history)
     return teacher, baseline, distiller.student, curves
@@ -671,13 +742,17 @@ def run(config: ApprenticeConfig) -> dict[str, Any]:
     teacher_row["bits"] = _teacher_bits(teacher_row)
     student_label = _model_label(config.student, config.student_width)
     bits = _bits_label(config)
-    baseline_row = deploy(
-        baseline,
-        out / "student_baseline.tflite",
-        test,
-        {"model": student_label, "bits": bits, "scheme": "alone"},
-        verbose=config.verbose,
-    )
+    rows = [teacher_row]
+    if baseline is not None:
+        rows.append(
+            deploy(
+                baseline,
+                out / "student_baseline.tflite",
+                test,
+                {"model": student_label, "bits": bits, "scheme": "alone"},
+                verbose=config.verbose,
+            )
+        )
     distilled_row = deploy(
         student,
         out / "student_distilled.tflite",
@@ -685,11 +760,16 @@ def run(config: ApprenticeConfig) -> dict[str, Any]:
         {"model": student_label, "bits": bits, "scheme": config.scheme},
         verbose=config.verbose,
     )
-    gain = {key: distilled_row[key] - baseline_row[key] for key in ("tflite_top1", "keras_top1")}
+    rows.append(distilled_row)
+    gain = (
+        {key: distilled_row[key] - rows[1][key] for key in ("tflite_top1", "keras_top1")}
+        if baseline is not None
+        else None
+    )
     return finish(
         out,
         config,
-        [teacher_row, baseline_row, distilled_row],
+        rows,
         curves,
         extra={
             "distillation_gain": gain,

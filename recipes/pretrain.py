@@ -1,4 +1,4 @@
-r"""Train a full-precision CIFAR ResNet: the teachers and float students the other recipes start from.
+r"""Train a full-precision CIFAR ResNet: the teachers and float students other recipes start from.
 
 The reference networks of `apprentice_tf.zoo` were trained with this recipe. Optimisation is the
 standard short CIFAR schedule (He et al., CVPR 2016; Loshchilov & Hutter, ICLR 2017):
@@ -7,13 +7,16 @@ standard short CIFAR schedule (He et al., CVPR 2016; Loshchilov & Hutter, ICLR 2
     η_t rising linearly from 0 to η_max over the warm-up epochs, then
     η_t = η_max · ½(1 + cos(π·t/T)) down to 0 at the last step,
 
-with the pad-4/crop/flip augmentation of `apprentice_tf.data.load`. The run is resumable: killing it
-and running the same command again resumes from the last finished epoch (`BackupAndRestore`).
+with the pad-4/crop/flip augmentation of `apprentice_tf.data.load`, under Keras's ``mixed_bfloat16``
+policy where the CPU has bfloat16 instructions and float32 elsewhere (`apprentice_tf.precision`).
+The run is resumable: killing it and running the same command again resumes from the last finished
+epoch (`BackupAndRestore`).
 
 Outputs in ``--output_dir``: ``float.weights.h5`` (the trained weights), ``float.csv`` (one line per
-epoch: loss, accuracy, val_loss, val_accuracy, learning rate), ``results.json`` (the command, the
-configuration, the test top-1 on the full ``--test_split``, the sha256 of the weights file, the
-machine and the measured seconds per epoch).
+epoch: loss, accuracy, val_loss, val_accuracy, learning rate, seconds), ``float.tflite`` (the
+network as a float TFLite file), ``results.json`` (the command, the configuration, the test top-1
+on the full ``--test_split`` in Keras and LiteRT with their agreement, the sha256 of the weights
+file, the machine and the measured seconds per epoch).
 
 Example (the float student of the CIFAR-10 study)::
 
@@ -24,15 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import data, reporting
+from apprentice_tf import data, precision, reporting
 from apprentice_tf.compat import keras
 from apprentice_tf.models import cifar_resnet
 from recipes._common import (
@@ -41,7 +42,7 @@ from recipes._common import (
     check_output_dir,
     check_positive,
     configure_threads,
-    keras_top1,
+    deploy,
     make_optimizer,
     resnet_depth,
     train_stage,
@@ -65,6 +66,7 @@ class PretrainConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 5e-4
     seed: int = 0
+    precision: str = "auto"
     output_dir: str = "runs/pretrain"
     threads: int = 0
     verbose: int = 2
@@ -87,6 +89,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "seed", d.seed, "Seed of initialisation, order and augmentation.", **common
     )
+    flags.DEFINE_enum(
+        "precision",
+        d.precision,
+        list(precision.POLICIES),
+        "Keras dtype policy of training: auto = mixed_bfloat16 where the CPU has bfloat16 "
+        "instructions, float32 elsewhere (apprentice_tf.precision).",
+        **common,
+    )
     flags.DEFINE_string("output_dir", d.output_dir, "Directory for every output.", **common)
     flags.DEFINE_integer("threads", d.threads, "TensorFlow threads (0: its default).", **common)
     flags.DEFINE_integer(
@@ -100,17 +110,15 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> PretrainCo
     return PretrainConfig(**{name: flag_values[name].value for name in names})
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    """Adds ``seconds`` (wall time of the epoch) and ``lr`` to the epoch logs."""
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if logs is not None:
-            logs["seconds"] = time.perf_counter() - self._start
-            optimizer = self.model.optimizer
-            logs["lr"] = float(optimizer.learning_rate(optimizer.iterations))
+def command(config: PretrainConfig) -> str:
+    """The shell command that runs `config` (every training setting spelled out)."""
+    skip = {"output_dir", "threads", "verbose"}
+    settings = " ".join(
+        f"--{name}={value}"
+        for name, value in dataclasses.asdict(config).items()
+        if name not in skip
+    )
+    return f"python -m recipes.pretrain {settings}"
 
 
 def sha256(path: Path) -> str:
@@ -126,9 +134,10 @@ def run(config: PretrainConfig) -> dict[str, Any]:
         check_positive(flag, getattr(config, flag))
     if config.epochs < 1 or config.batch_size < 1:
         raise RecipeError("--epochs and --batch_size must be >= 1.")
-    if config.warmup_epochs < 0 or config.warmup_epochs >= config.epochs:
+    if config.warmup_epochs < 0 or config.weight_decay < 0:
         raise RecipeError(
-            f"--warmup_epochs must be in [0, --epochs), received {config.warmup_epochs}."
+            f"--warmup_epochs and --weight_decay must be >= 0, received {config.warmup_epochs} "
+            f"and {config.weight_decay}."
         )
     output_dir = check_output_dir(config.output_dir)
     configure_threads(config.threads)
@@ -138,15 +147,29 @@ def run(config: PretrainConfig) -> dict[str, Any]:
     )
     test = data.load(config.dataset, config.test_split, 256)
 
+    try:
+        policy = precision.training_policy(config.precision)
+    except ValueError as error:
+        raise RecipeError(f"--precision: {error}") from None
+
+    def build() -> keras.Model:
+        return cifar_resnet(depth, num_classes=num_classes, width_multiplier=config.width)
+
     keras.utils.set_random_seed(config.seed)
-    model = cifar_resnet(depth, num_classes=num_classes, width_multiplier=config.width)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build()
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     model.compile(
         optimizer=make_optimizer(
             config.learning_rate,
             config.epochs,
             int(train.cardinality()),
-            warmup_epochs=config.warmup_epochs,
+            warmup_epochs=min(config.warmup_epochs, config.epochs / 2),
             weight_decay=config.weight_decay,
+            nesterov=True,
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
@@ -158,14 +181,27 @@ def run(config: PretrainConfig) -> dict[str, Any]:
         config.epochs,
         output_dir,
         validation_data=test,
-        callbacks=[_EpochTimer()],
         verbose=config.verbose,
     )
     weights = output_dir / "float.weights.h5"
+    if policy != "float32":  # the float32 variables, in a float32 network for export
+        trained, model = model, build()
+        model.set_weights(trained.get_weights())
+    label = config.model if config.width == 1 else f"{config.model} x{config.width:g}"
+    row = deploy(
+        model,
+        output_dir / "float.tflite",
+        test,
+        {"model": label, "bits": "float32", "scheme": "float"},
+        verbose=0,
+    )
     results = {
-        "command": "python -m recipes.pretrain " + " ".join(sys.argv[1:]),
+        "command": command(config),
         "config": dataclasses.asdict(config),
-        "test_top1": keras_top1(model, test),
+        "test_top1": row["keras_top1"],
+        "num_classes": num_classes,
+        "training_policy": policy,
+        "rows": [{k: v for k, v in row.items() if k != "inspection_table"}],
         "weights": weights.name,
         "sha256": sha256(weights),
         "seconds_per_epoch": history.get("seconds", []),

@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,10 @@ from recipes._common import (
     deploy,
     finish,
     keras_top1,
+    make_optimizer,
+    resnet_depth,
     run_main,
+    steps_per_epoch,
     train_stage,
 )
 
@@ -78,9 +80,6 @@ WEIGHT_BITS = ("ternary", "2", "4", "8")
 ACTIVATION_BITS = (8, 4)
 #: Allowed ``--kernel_size`` values: None (the twin has the conv's kernel size) or 1 (1×1 twin).
 KERNEL_SIZES = (None, 1)
-#: The CIFAR ResNets of He et al. (2016): depth 6n + 2.
-_RESNET = re.compile(r"resnet(\d+)")
-_MOMENTUM = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +101,10 @@ class ProgressiveConfig:
       teacher_width: the teacher's width multiplier.
       teacher_checkpoint: "" (train the teacher as stage "teacher") or a teacher's weights
         (``.weights.h5`` / ``.h5`` / checkpoint of the same architecture) or a ``.keras`` model.
-      batch_size, learning_rate: SGD (momentum 0.9) with cosine decay of `learning_rate` to 0.
+      batch_size, learning_rate: SGD (Nesterov momentum 0.9), a linear warm-up over
+        `warmup_epochs`, then a cosine decay of `learning_rate` to 0, with decoupled weight
+        decay `weight_decay` (`recipes._common.make_optimizer`).
+      plain: also train the same network without ancillary branches (the "plain" row).
       augment: pad-crop-flip augmentation of the training split.
       seed: seeds the weights, the data order and the augmentation of every stage.
       output_dir: where everything is written.
@@ -126,6 +128,9 @@ class ProgressiveConfig:
     teacher_checkpoint: str = ""
     batch_size: int = 128
     learning_rate: float = 0.1
+    warmup_epochs: float = 1.0
+    weight_decay: float = 5e-4
+    plain: bool = True
     augment: bool = True
     seed: int = 0
     output_dir: str = "runs/progressive"
@@ -174,6 +179,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.", **common)
     flags.DEFINE_float("learning_rate", d.learning_rate, "Initial SGD learning rate.", **common)
+    flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "Linear warm-up epochs.", **common)
+    flags.DEFINE_float("weight_decay", d.weight_decay, "Decoupled weight decay λ.", **common)
+    flags.DEFINE_bool("plain", d.plain, "Also train the network without branches.", **common)
     flags.DEFINE_bool("augment", d.augment, "Pad-crop-flip training augmentation.", **common)
     flags.DEFINE_integer("seed", d.seed, "Seed of weights, data order, augmentation.", **common)
     flags.DEFINE_string("output_dir", d.output_dir, "Output directory.", **common)
@@ -189,17 +197,6 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Progressiv
 
 # ------------------------------------------------------------------------------------------------
 # Checks and small pieces
-
-
-def _resnet_depth(flag: str, name: str) -> int:
-    match = _RESNET.fullmatch(name) if isinstance(name, str) else None
-    depth = int(match.group(1)) if match else 0
-    if depth < 8 or (depth - 2) % 6:
-        raise RecipeError(
-            f"--{flag}={name!r} is not a CIFAR ResNet; use resnet<6n+2>, e.g. resnet8, resnet20, "
-            "resnet32, resnet56, resnet110."
-        )
-    return depth
 
 
 def _weight_bits(value: str | int) -> str | int:
@@ -219,7 +216,7 @@ def validate(config: ProgressiveConfig) -> Path:
     for flag in ("train_split", "test_split"):
         if not getattr(config, flag):
             raise RecipeError(f"--{flag} must be a tfds split expression, received ''.")
-    _resnet_depth("model", config.model)
+    resnet_depth("model", config.model)
     check_positive("width", config.width)
     if isinstance(config.weight_bits, bool) or str(config.weight_bits) not in WEIGHT_BITS:
         raise RecipeError(
@@ -235,7 +232,7 @@ def validate(config: ProgressiveConfig) -> Path:
         raise RecipeError(f"--decay_end_fraction must be in (0, 1], received {fraction!r}.")
     check_choice("kernel_size", config.kernel_size, KERNEL_SIZES)
     if config.teacher:
-        _resnet_depth("teacher", config.teacher)
+        resnet_depth("teacher", config.teacher)
         check_positive("teacher_width", config.teacher_width)
     elif config.teacher_checkpoint:
         raise RecipeError(
@@ -266,7 +263,7 @@ def decay_end_step(fraction: float, total_steps: int) -> int:
 
 def build_resnet(name: str, width: float, num_classes: int) -> keras.Model:
     """The float CIFAR ResNet ``resnet<depth>`` (He et al., 2016) at `width`."""
-    depth = _resnet_depth("model", name)
+    depth = resnet_depth("model", name)
     return resnet.cifar_resnet(depth, num_classes=num_classes, width_multiplier=width)
 
 
@@ -282,16 +279,16 @@ def _datasets(config: ProgressiveConfig) -> tuple[tf.data.Dataset, tf.data.Datas
     return train, test
 
 
-def _steps_per_epoch(dataset: tf.data.Dataset) -> int:
-    steps = int(dataset.cardinality())
-    if steps < 0:  # unknown: count once
-        steps = sum(1 for _ in dataset)
-    return steps
-
-
 def _optimizer(config: ProgressiveConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
-    return keras.optimizers.SGD(schedule, momentum=_MOMENTUM)
+    """The recipes' SGD: warm-up, cosine decay to 0 over `total_steps`, weight decay."""
+    return make_optimizer(
+        config.learning_rate,
+        1,
+        total_steps,
+        warmup_epochs=min(config.warmup_epochs / config.epochs, 0.5),
+        weight_decay=config.weight_decay,
+        nesterov=True,
+    )
 
 
 def _load_teacher(config: ProgressiveConfig, num_classes: int) -> keras.Model:
@@ -381,8 +378,8 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
     weight_bits = _weight_bits(config.weight_bits)
     num_classes = atf_data.num_classes(config.dataset)
     train, _ = _datasets(config)
-    steps_per_epoch = _steps_per_epoch(train)
-    total_steps = steps_per_epoch * config.epochs
+    steps = steps_per_epoch(train)
+    total_steps = steps * config.epochs
     end_step = decay_end_step(config.decay_end_fraction, total_steps)
     teacher = None
     if config.teacher_checkpoint:
@@ -407,9 +404,13 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
         )
 
     quantize_kwargs = {"weight_bits": weight_bits, "activation_bits": config.activation_bits}
-    keras.utils.set_random_seed(config.seed)
-    plain = quantize_model(build_resnet(config.model, config.width, num_classes), **quantize_kwargs)
-    histories["plain"] = _fit("plain", plain, teacher, config, total_steps, output_dir)
+    plain = None
+    if config.plain:
+        keras.utils.set_random_seed(config.seed)
+        plain = quantize_model(
+            build_resnet(config.model, config.width, num_classes), **quantize_kwargs
+        )
+        histories["plain"] = _fit("plain", plain, teacher, config, total_steps, output_dir)
 
     keras.utils.set_random_seed(config.seed)  # the same float weights as the plain network
     expanded = progressive.add_ancillary(
@@ -438,11 +439,14 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
     model_label = f"{config.model} w{config.width:g}"
     bits = f"{config.weight_bits}/{config.activation_bits}"
     suffix = "+KD" if teacher is not None else ""
-    for stage, network in (("plain", plain), ("progressive", stripped)):
+    networks = (
+        (("plain", plain), ("progressive", stripped)) if plain else (("progressive", stripped),)
+    )
+    for stage, network in networks:
         row = {"model": model_label, "bits": bits, "scheme": f"{stage}{suffix}"}
         rows.append(deploy(network, output_dir / f"{stage}.tflite", test, row, config.verbose))
 
-    curves = {stage: histories[stage].get("val_accuracy", []) for stage in ("plain", "progressive")}
+    curves = {stage: histories[stage].get("val_accuracy", []) for stage, _ in networks}
     scales = histories["progressive"].get("ancillary_scale", [])
     twin_classes = (progressive.AncillaryConv2D, progressive.AncillaryDepthwiseConv2D)
     twins = [layer for layer in expanded.layers if isinstance(layer, twin_classes)]
@@ -452,8 +456,8 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
             "schedule": config.decay_schedule,
             "by": "step",
             "end_step": end_step,
-            "end_epoch": end_step / steps_per_epoch,
-            "steps_per_epoch": steps_per_epoch,
+            "end_epoch": end_step / steps,
+            "steps_per_epoch": steps,
             "total_steps": total_steps,
         },
         "ancillary": {
@@ -472,7 +476,7 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
         + "\n## Per epoch\n\n"
         + _per_epoch_table(curves, scales)
         + f"\n\nλ: {config.decay_schedule} decay to 0 at step {end_step} of {total_steps} "
-        f"(epoch {end_step / steps_per_epoch:.2f}); {len(twins)} ancillary branches.\n",
+        f"(epoch {end_step / steps:.2f}); {len(twins)} ancillary branches.\n",
     )
     return results
 

@@ -1,5 +1,7 @@
 """Shared pytest set-up: offline datasets, deliberate thread counts, quiet TensorFlow."""
 
+import hashlib
+import json
 import os
 import pathlib
 
@@ -17,6 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from apprentice_tf.compat import keras  # noqa: E402
+from apprentice_tf.models import cifar_resnet  # noqa: E402
 
 layers = keras.layers
 
@@ -60,6 +63,29 @@ def blobs(n: int = 256, num_classes: int = 4, seed: int = 0) -> tuple[np.ndarray
         r, c = divmod(int(label) % 4, 2)
         x[i, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8, :] += 1.0
     return x, y.astype("int64")
+
+
+def make_zoo_entry(
+    root: pathlib.Path, model: str = "resnet8", width: float = 0.25, accuracy: float = 0.5
+) -> pathlib.Path:
+    """A zoo entry laid out as recipes.pretrain writes it, for a tiny untrained CIFAR ResNet."""
+    directory = root / f"cifar10_{model}"
+    directory.mkdir(parents=True)
+    network = cifar_resnet(
+        int(model.removeprefix("resnet")), num_classes=10, width_multiplier=width
+    )
+    weights = directory / "float.weights.h5"
+    network.save_weights(weights)
+    (directory / "float.csv").write_text("epoch,accuracy\n0,0.1\n")
+    results = {
+        "command": f"python -m recipes.pretrain --model={model} --width={width}",
+        "config": {"dataset": "cifar10", "model": model, "width": width, "epochs": 1},
+        "num_classes": 10,
+        "rows": [{"keras_top1": accuracy, "tflite_top1": accuracy}],
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+    (directory / "results.json").write_text(json.dumps(results))
+    return directory
 
 
 @pytest.fixture

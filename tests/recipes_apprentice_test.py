@@ -1,9 +1,9 @@
-"""Tests for recipes/apprentice.py (schemes A, B, C) and recipes/quickstart.py, end to end.
+"""Tests for recipes/apprentice.py (schemes A, B, C), end to end.
 
 One scheme-B run on a tiny CIFAR-10 slice, interrupted by a KeyboardInterrupt in the second epoch
 of its distillation stage and then run again (module fixture), backs the default tests: the files
 it writes, the results, the students' .tflite levels, and the resume itself. Schemes A and C, the
-cached-logit path, a teacher checkpoint and the quickstart are marked slow. Flag errors must stop
+cached-logit path and a teacher checkpoint are marked slow. Flag errors must stop
 before anything is written.
 """
 
@@ -22,7 +22,7 @@ from absl import app, flags
 from apprentice_tf import tflite
 from apprentice_tf.compat import keras
 from apprentice_tf.models import cifar_resnet
-from recipes import apprentice, quickstart
+from recipes import apprentice
 from recipes._common import RecipeError
 
 TINY = {
@@ -207,14 +207,6 @@ def test_rerun_loads_finished_stages_and_resumes_distillation(resumed):
     assert (output_dir / "distill.weights.h5").is_file()
 
 
-def test_quickstart_report_ends_with_the_students_inspection(resumed):
-    text = quickstart.report(resumed["results"])
-    assert text.startswith((resumed["output_dir"] / "results.md").read_text().rstrip())
-    tail = text.split("## The distilled student (ternary/A8): ")[1]
-    assert tail.startswith(str(resumed["output_dir"] / "student_distilled.tflite"))
-    assert "levels/channel" in tail and "distillation gain" in tail
-
-
 # ------------------------------------------------------------------------------------------------
 # Bad flags: a one-line RecipeError, nothing written
 
@@ -306,13 +298,11 @@ def test_teacher_checkpoint_that_does_not_fit_is_refused(tmp_path, classes, widt
 # Flags and main
 
 
-def _flag_config(*argv: str, recipe=apprentice) -> apprentice.ApprenticeConfig:
+def _flag_config(*argv: str) -> apprentice.ApprenticeConfig:
     flag_values = flags.FlagValues()
     apprentice.define_flags(flag_values)
-    if recipe is quickstart:
-        quickstart.define_flags(flag_values)
-    flag_values([recipe.__name__, *argv])
-    return recipe.config_from_flags(flag_values)
+    flag_values(["apprentice", *argv])
+    return apprentice.config_from_flags(flag_values)
 
 
 def test_flag_defaults_are_the_config_defaults():
@@ -335,31 +325,14 @@ def test_flags_become_config_fields():
     assert (config.teacher_checkpoint, config.finetune_lr_factor) == ("t.keras", 0.05)
 
 
-def test_quickstart_flags():
-    assert _flag_config(recipe=quickstart) == quickstart.quickstart_config()
-    config = _flag_config("--epochs=1", "--output_dir=x", "--threads=0", recipe=quickstart)
-    assert (config.epochs, config.teacher_epochs, config.output_dir, config.threads) == (
-        1,
-        1,
-        "x",
-        0,
-    )
-    assert config.scheme == "B" and config.cache_teacher_logits and not config.augment
-    with pytest.raises(RecipeError, match="--scheme"):
-        _flag_config("--scheme=A", recipe=quickstart)
-
-
-@pytest.mark.parametrize("recipe", [apprentice, quickstart])
-def test_main_exits_with_one_line_on_a_bad_flag(tmp_path, recipe):
+def test_main_exits_with_one_line_on_a_bad_flag(tmp_path):
     output_dir = tmp_path / "out"
     # Other recipes imported into this process may have replaced shared flag names.
     apprentice.define_flags()
-    if recipe is quickstart:
-        quickstart.define_flags()
-    bad = "--scheme=D" if recipe is apprentice else "--epochs=0"
+    bad = "--scheme=D"
     try:
         with pytest.raises(SystemExit) as exit_info:
-            app.run(recipe.main, argv=[recipe.__name__, bad, f"--output_dir={output_dir}"])
+            app.run(apprentice.main, argv=["apprentice", bad, f"--output_dir={output_dir}"])
     finally:
         flags.FLAGS.unparse_flags()
     message = str(exit_info.value.code)
@@ -370,7 +343,7 @@ def test_main_exits_with_one_line_on_a_bad_flag(tmp_path, recipe):
 
 
 # ------------------------------------------------------------------------------------------------
-# Slow: the other schemes, cached logits, a teacher checkpoint, the quickstart
+# Slow: the other schemes, cached logits, a teacher checkpoint
 
 
 @pytest.mark.slow
@@ -428,23 +401,3 @@ def test_scheme_b_with_cached_logits_and_a_teacher_checkpoint(tmp_path, resumed)
     ]
     assert quantized and all(w.levels <= 15 for w in quantized)
     assert set(results["curves"]) == {"baseline (alone)", "distilled (B)"}
-
-
-@pytest.mark.slow
-def test_quickstart_run_prints_results_and_the_students_table(tmp_path, capsys):
-    config = quickstart.quickstart_config(
-        str(tmp_path / "qs"),
-        epochs=1,
-        threads=2,
-        **{k: TINY[k] for k in ("train_split", "test_split", "batch_size", "verbose")},
-        student="resnet8",
-        teacher="resnet8",
-        teacher_width=0.25,
-        student_width=0.25,
-    )
-    results = quickstart.run(config)
-    printed = capsys.readouterr().out
-    assert "# Results" in printed
-    assert "## The distilled student (ternary/A8): " in printed
-    assert printed.rstrip().endswith(f"are in {tmp_path / 'qs'}/.")
-    assert results["rows"][-1]["scheme"] == "B"

@@ -68,9 +68,15 @@ def _relu(x, name: str):
 
 
 def _logits_head(x, num_classes: int, name: str = "logits"):
-    """Global average pooling followed by a Dense layer producing logits."""
+    """Global average pooling followed by a Dense layer producing logits.
+
+    The logits layer computes in float32 whatever the global dtype policy (a ``mixed_bfloat16``
+    network still returns float32 logits, so the softmax cross-entropy stays exact enough).
+    """
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return keras.layers.Dense(num_classes, kernel_initializer="he_normal", name=name)(x)
+    return keras.layers.Dense(
+        num_classes, kernel_initializer="he_normal", dtype="float32", name=name
+    )(x)
 
 
 def _scaled(channels: int, width_multiplier: float) -> int:
