@@ -8,7 +8,7 @@ import pytest
 from conftest import blobs, tiny_cnn
 
 import apprentice_tf as atf
-from apprentice_tf import cli, tflite
+from apprentice_tf import cli, litert, tflite
 from apprentice_tf.compat import keras
 
 
@@ -38,7 +38,7 @@ def four_bit_file(tmp_path_factory):
 
 
 def by_layer(weights):
-    return {tflite._short_name(w.name).split("/")[0]: w for w in weights}
+    return {litert.short_name(w.name).split("/")[0]: w for w in weights}
 
 
 LOW_PRECISION = ["quant_conv1", "quant_conv2", "quant_dw", "quant_pw", "quant_fc"]
@@ -119,7 +119,7 @@ def test_cli_inspect_prints_table_and_json(ternary_file, capsys):
     assert cli.main(["inspect", str(path), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert {w["levels"] for w in payload["weights"] if "quant_conv1" in w["name"]} == {3}
-    assert cli.main(["inspect", str(path.parent / "missing.tflite")]) == 1
+    assert cli.main(["inspect", str(path.parent / "missing.tflite")]) == 2
 
 
 def test_full_integer_export_quantizes_first_and_last(ternary_file, tmp_path):
@@ -142,6 +142,15 @@ def test_int4_flag_is_verified_in_the_file(four_bit_file, tmp_path):
     has_int4 = any(w.dtype == "INT4" for w in weights)
     warned = any("int4_weights=True" in str(w.message) for w in record)
     assert has_int4 != warned
+    # What the runtime makes of it: XNNPACK's CONV_2D takes no INT4 filter, so those convs
+    # run on LiteRT's built-in kernel, and the report says why.
+    placements = tflite.delegation(path)
+    int4_convs = [p for p in placements if p.op == "CONV_2D" and p.weight_dtype == "INT4"]
+    assert int4_convs or not has_int4
+    for placement in int4_convs:
+        assert not placement.delegated and placement.kernel == "built-in"
+        assert "INT4" in placement.reason and "XNNPACK" in placement.reason
+    assert any(p.delegated for p in placements)
 
 
 def test_weight_only_model_is_refused_unless_verify_false(tmp_path):
