@@ -12,6 +12,7 @@ second and prints nothing: the `apprentice-tf inspect | bench` commands use this
 * `delegation`: which operators LiteRT hands to its default XNNPACK delegate and which run on
   its built-in kernels, with the reason XNNPACK gave them back where the LiteRT source states it.
 * `latency`: LiteRT latency of several files, measured alternately in one process.
+* `store_ternary_dense_as_int2`: rewrite ternary FULLY_CONNECTED kernels as INT2 (4 per byte).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
+
+from apprentice_tf import reporting
 
 __all__ = [
     "TFLiteFileError",
@@ -44,6 +48,8 @@ __all__ = [
     "Latency",
     "latency",
     "latency_ratio",
+    "Int2Packing",
+    "store_ternary_dense_as_int2",
     "make_interpreter",
     "run_batch",
     "predict",
@@ -347,11 +353,169 @@ def format_inspection(weights: list[WeightTensor], report: SizeReport) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# INT2 storage of ternary FULLY_CONNECTED kernels
+
+
+@dataclasses.dataclass(frozen=True)
+class Int2Packing:
+    """What `store_ternary_dense_as_int2` did with one FULLY_CONNECTED weight tensor.
+
+    Attributes:
+      name: the weight tensor's name.
+      packed: True when it is now stored as INT2.
+      reason: why it kept its storage ("" when packed).
+    """
+
+    name: str
+    packed: bool
+    reason: str
+
+
+def _ternary_rows(values: np.ndarray) -> np.ndarray | None:
+    """Per row c the magnitude m_c when every value of row c is in {−m_c, 0, +m_c}, else None."""
+    rows = values.reshape(values.shape[0], -1).astype(np.int32)
+    magnitude = np.abs(rows).max(axis=1)
+    if not np.all((rows == 0) | (np.abs(rows) == magnitude[:, None])):
+        return None
+    return magnitude
+
+
+def _pack_int2(signs: np.ndarray) -> np.ndarray:
+    """Pack values in {−1, 0, 1} four to a byte, low bits first (two's complement in 2 bits)."""
+    flat = signs.reshape(-1).astype(np.int16) & 3
+    flat = np.concatenate([flat, np.zeros(-len(flat) % 4, flat.dtype)]).reshape(-1, 4)
+    packed = flat[:, 0] | (flat[:, 1] << 2) | (flat[:, 2] << 4) | (flat[:, 3] << 6)
+    return packed.astype(np.uint8)
+
+
+def _int2_rewrite(model: Any, data: bytes, subgraph: Any, op: Any) -> str:
+    """Rewrite one FULLY_CONNECTED weight (and its bias) of `model` as INT2; "" or a reason."""
+    inputs = list(op.inputs)
+    weight = subgraph.tensors[inputs[1]]
+    source = subgraph.tensors[inputs[0]]
+    if weight.type != schema.TensorType.INT8:
+        return f"stored as {TYPE_NAMES.get(weight.type)}, not INT8"
+    if source.type != schema.TensorType.INT8:
+        return f"its input is {TYPE_NAMES.get(source.type)}, not INT8 (the op is not integer)"
+    rows, channels = int(weight.shape[0]), int(np.prod(weight.shape[1:]))
+    if channels % 4:
+        return (
+            f"{channels} input channels: XNNPACK's FULLY_CONNECTED takes INT2 filters only when "
+            "the input channels are a multiple of 4"
+        )
+    values = np.frombuffer(_buffer_bytes(data, model.buffers[weight.buffer]), np.int8)
+    magnitude = _ternary_rows(values[: rows * channels].reshape(rows, channels))
+    if magnitude is None:
+        return "not ternary: a row holds values other than {-m, 0, +m}"
+    quantization = weight.quantization
+    scale = np.asarray(quantization.scale, np.float64)
+    scale = np.broadcast_to(scale, (rows,)) if scale.size == 1 else scale
+    if scale.size != rows or np.any(np.asarray(quantization.zeroPoint) != 0):
+        return "its quantization is neither per-tensor nor per-row with zero points 0"
+    magnitude = np.where(magnitude == 0, 1, magnitude)  # all-zero rows: any positive scale
+    new_scale = (scale * magnitude).astype(np.float32)
+    if len(inputs) > 2 and inputs[2] >= 0:
+        bias = subgraph.tensors[inputs[2]]
+        if bias.type != schema.TensorType.INT32:
+            return f"its bias is {TYPE_NAMES.get(bias.type)}, not INT32"
+        old = np.frombuffer(_buffer_bytes(data, model.buffers[bias.buffer]), np.int32)
+        # the bias is stored at scale s_in·s_c: keep its value as s_c grows by m_c
+        model.buffers[bias.buffer].data = np.round(old / magnitude).astype(np.int32).view(np.uint8)
+        model.buffers[bias.buffer].offset = model.buffers[bias.buffer].size = 0
+        input_scale = float(source.quantization.scale[0])
+        bias.quantization.scale = [float(v) for v in input_scale * new_scale.astype(np.float64)]
+        bias.quantization.zeroPoint = [0] * rows
+        bias.quantization.quantizedDimension = 0
+    signs = np.sign(values[: rows * channels]).astype(np.int8)
+    model.buffers[weight.buffer].data = _pack_int2(signs)
+    model.buffers[weight.buffer].offset = model.buffers[weight.buffer].size = 0
+    weight.type = schema.TensorType.INT2
+    quantization.scale = [float(v) for v in new_scale]
+    quantization.zeroPoint = [0] * rows
+    quantization.quantizedDimension = 0
+    return ""
+
+
+def _runtime_refusal(content: bytes) -> str:
+    """ "" when LiteRT loads, allocates and invokes `content` once; else the runtime's error."""
+    try:
+        interpreter = Interpreter(model_content=content, num_threads=1)
+        interpreter.allocate_tensors()
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as error:
+        return " ".join(str(error).split())
+    return ""
+
+
+def store_ternary_dense_as_int2(
+    path: str | os.PathLike, layer_names: Iterable[str] | None = None
+) -> list[Int2Packing]:
+    """Store the ternary FULLY_CONNECTED kernels of a .tflite file as INT2, in place.
+
+    A ternary row c stored as int8 holds values in {−m_c, 0, +m_c} at scale s_c (the
+    converter's form), i.e. weights w = s_c·m_c·t with t ∈ {−1, 0, 1}. The rewrite stores t as
+    INT2 (four values a byte, low bits first) with the per-row scale s'_c = s_c·m_c, so the
+    dequantized weights are unchanged; the int32 bias, stored at scale s_in·s_c, becomes
+    round(b/m_c) at s_in·s'_c (a rounding of at most s_in·s'_c/2 per output). LiteRT runs INT2
+    filters in FULLY_CONNECTED only: XNNPACK when the input channels are a multiple of 4 and
+    the scales are per row, the built-in kernel by unpacking to int8.
+
+    A tensor keeps its storage, with the reason in the result, when its op's input is not
+    int8, it is not ternary, or its input channels are not a multiple of 4. When the rewritten
+    file does not load and run once in this LiteRT, nothing is written and every tensor carries
+    the runtime's error as its reason.
+
+    Args:
+      path: a .tflite file, rewritten atomically when at least one tensor was packed.
+      layer_names: Keras layer names whose FULLY_CONNECTED kernels to pack (matched as
+        ``/<name>/`` in the tensor name); None packs every FULLY_CONNECTED that qualifies.
+
+    Returns:
+      One `Int2Packing` per FULLY_CONNECTED weight tensor considered.
+    """
+    data, model = read_model(path)
+    names = None if layer_names is None else list(layer_names)
+    results = []
+    for subgraph in model.subgraphs:
+        done: set[int] = set()
+        for op in subgraph.operators or ():
+            if _builtin_code(model, op) != schema.BuiltinOperator.FULLY_CONNECTED:
+                continue
+            inputs = list(op.inputs if op.inputs is not None else ())
+            if len(inputs) < 2 or inputs[1] in done:
+                continue
+            done.add(inputs[1])
+            name = _name(subgraph.tensors[inputs[1]])
+            if names is not None and not any(f"/{n}/" in name.split(";")[0] for n in names):
+                continue
+            reason = _int2_rewrite(model, data, subgraph, op)
+            results.append(Int2Packing(name=name, packed=not reason, reason=reason))
+    if not any(r.packed for r in results):
+        return results
+    builder = flatbuffers.Builder(len(data))
+    builder.Finish(model.Pack(builder), file_identifier=_IDENTIFIER)
+    content = bytes(builder.Output())
+    refusal = _runtime_refusal(content)
+    if refusal:
+        return [
+            Int2Packing(r.name, False, f"this LiteRT cannot run the INT2 file: {refusal}")
+            if r.packed
+            else r
+            for r in results
+        ]
+    reporting.write_bytes(path, content)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
 # The interpreter
 
 
 def make_interpreter(path: str | os.PathLike, num_threads: int = 1) -> Any:
-    """A LiteRT `Interpreter` for a checked .tflite file, with its default XNNPACK delegate.
+    """A LiteRT `Interpreter` for a checked .tflite file, tensors allocated (which applies the
+    default XNNPACK delegate).
 
     Raises:
       TFLiteFileError: `path` is not a readable TFLite model (see `read_model`).
@@ -360,7 +524,9 @@ def make_interpreter(path: str | os.PathLike, num_threads: int = 1) -> Any:
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"`num_threads` must be an integer >= 1, received {num_threads!r}.")
     read_model(path)
-    return Interpreter(model_path=str(path), num_threads=num_threads)
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 def run_batch(interpreter: Any, x: np.ndarray) -> np.ndarray:

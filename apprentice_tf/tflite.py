@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from apprentice_tf import reporting
+from apprentice_tf import litert, reporting
 from apprentice_tf.compat import check_keras_object, keras, tf
 from apprentice_tf.configs import NBitQuantizeConfig, TernaryQuantizeConfig
 from apprentice_tf.litert import (
@@ -40,6 +40,7 @@ from apprentice_tf.litert import (
     predict,
     run_batch,
     size_report,
+    store_ternary_dense_as_int2,
 )
 from apprentice_tf.quantize import quantize_scope
 
@@ -109,6 +110,7 @@ def convert(
     *,
     verify: bool = True,
     int4_weights: bool = False,
+    int2_dense: bool = False,
 ) -> Path:
     """Convert a Keras model (float or from `quantize_model`) to a .tflite file.
 
@@ -133,6 +135,14 @@ def convert(
         LiteRT could not run). Checked in the output: when the file holds no INT4 tensor, a
         warning says so and the kernels keep int8 storage. Default: int8 storage, which LiteRT
         runs with its fast int8 kernels.
+      int2_dense: store the kernels of ternary Dense layers (FULLY_CONNECTED ops) as INT2, four
+        values a byte, with `apprentice_tf.litert.store_ternary_dense_as_int2` (the dequantized
+        weights are unchanged; the int32 bias is re-rounded at the new scale). LiteRT runs INT2
+        only in FULLY_CONNECTED, on XNNPACK when the input channels are a multiple of 4. A
+        layer that cannot be packed (its op is not integer, its input channels are not a
+        multiple of 4, or this LiteRT cannot run the result) keeps int8 storage, and a warning
+        names the layer and the reason. Ternary convolutions keep int8: LiteRT has no INT2
+        CONV_2D kernel.
 
     Returns:
       The path written.
@@ -154,6 +164,8 @@ def convert(
         flatbuffer = converter.convert()
     path.parent.mkdir(parents=True, exist_ok=True)
     reporting.write_bytes(path, flatbuffer)
+    if int2_dense:
+        _store_int2_dense(model, path)
     weights = inspect(path)
     if int4_weights and not any(w.dtype == "INT4" for w in weights):
         warnings.warn(
@@ -164,6 +176,30 @@ def convert(
     if verify:
         _check_levels(model, weights, path)
     return path
+
+
+def _store_int2_dense(model: keras.Model, path: Path) -> None:
+    """Pack the ternary Dense kernels of the file at `path` as INT2; warn about the others."""
+    ternary_dense = [
+        layer.name
+        for layer in model.layers
+        if isinstance(getattr(layer, "quantize_config", None), TernaryQuantizeConfig)
+        and isinstance(getattr(layer, "layer", None), keras.layers.Dense)
+    ]
+    if not ternary_dense:
+        warnings.warn(
+            f"convert: int2_dense=True but '{model.name}' has no ternary Dense layer; {path} "
+            "keeps its storage (ternary convolutions stay int8: LiteRT has no INT2 CONV_2D).",
+            stacklevel=3,
+        )
+        return
+    kept = [r for r in store_ternary_dense_as_int2(path, ternary_dense) if not r.packed]
+    for result in kept:
+        warnings.warn(
+            f"convert: int2_dense=True: '{litert.short_name(result.name)}' in {path} keeps int8 "
+            f"storage: {result.reason}.",
+            stacklevel=3,
+        )
 
 
 def _set_export_settings(config: Any, int4_weights: bool) -> bool:

@@ -166,3 +166,53 @@ def test_float_model_converts_and_directory_path_is_refused(tmp_path):
     assert {w.dtype for w in tflite.inspect(path)} == {"FLOAT32"}
     with pytest.raises(ValueError, match="is a directory"):
         tflite.convert(tiny_cnn(), tmp_path)
+
+
+def mlp(width=32, odd=30):
+    """Dense-only network: float first/last layers; ternary middle layers with 32 and 30 inputs."""
+    inputs = keras.Input((16,))
+    x = keras.layers.Dense(width, activation="relu", name="first")(inputs)
+    x = keras.layers.Dense(odd, activation="relu", name="hidden32")(x)  # 32 input channels
+    x = keras.layers.Dense(width, activation="relu", name="hidden30")(x)  # 30 input channels
+    return keras.Model(inputs, keras.layers.Dense(4, name="logits")(x), name="mlp")
+
+
+def test_int2_dense_packs_ternary_fully_connected_and_keeps_the_rest(tmp_path):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 16)).astype("float32")
+    y = (x[:, :4].argmax(-1)).astype("int64")
+    model = atf.quantize_model(mlp(), "ternary", 8)
+    model.compile(
+        keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    int8_path = tflite.convert(model, tmp_path / "int8.tflite")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        int2_path = tflite.convert(model, tmp_path / "int2.tflite", int2_dense=True)
+    weights = by_layer(tflite.inspect(int2_path))
+    assert weights["quant_hidden32"].dtype == "INT2" and weights["quant_hidden32"].levels <= 3
+    assert weights["quant_hidden32"].stored_bytes == 32 * 30 // 4
+    assert weights["quant_hidden30"].dtype == "INT8"  # 30 inputs: not a multiple of 4
+    kept_float = [w.dtype for n, w in weights.items() if n.endswith(("first", "logits"))]
+    assert kept_float == ["FLOAT32", "FLOAT32"], sorted(weights)
+    messages = [str(w.message) for w in record]
+    assert any("quant_hidden30" in m and "multiple of 4" in m for m in messages), messages
+    assert not any("quant_hidden32" in m for m in messages)
+    int8_weights = by_layer(tflite.inspect(int8_path))
+    assert int8_weights["quant_hidden32"].stored_bytes == 32 * 30
+    # same dequantized weights: the two files and Keras make the same decisions
+    assert tflite.agreement(model, int2_path, x)["top1_agreement"] >= 0.97
+    assert (
+        np.mean(tflite.predict(int2_path, x).argmax(-1) == tflite.predict(int8_path, x).argmax(-1))
+        >= 0.97
+    )
+    placements = {p.index: p for p in tflite.delegation(int2_path)}
+    assert any(p.weight_dtype == "INT2" and p.delegated for p in placements.values())
+
+
+def test_int2_dense_without_ternary_dense_warns(four_bit_file, tmp_path):
+    model, _ = four_bit_file
+    with pytest.warns(UserWarning, match="no ternary Dense layer"):
+        tflite.convert(model, tmp_path / "w4.tflite", int2_dense=True)
