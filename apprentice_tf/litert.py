@@ -54,6 +54,7 @@ __all__ = [
     "run_batch",
     "predict",
     "invoke_times",
+    "fill_random_inputs",
     "delegation_summary",
     "short_name",
     "unpack_values",
@@ -768,7 +769,9 @@ def _check_count(argument: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _fill_inputs(interpreter: Any, rng: np.random.Generator) -> None:
+def fill_random_inputs(interpreter: Any, rng: np.random.Generator) -> None:
+    """Allocate `interpreter`'s tensors and set every input to seeded random values: uniform
+    [0, 1) for float inputs, uniform over the whole range for integer ones."""
     interpreter.allocate_tensors()
     for detail in interpreter.get_input_details():
         dtype = np.dtype(detail["dtype"])
@@ -835,7 +838,7 @@ def latency(
     interpreters = {}
     for path, count in pairs:
         interpreters[path, count] = make_interpreter(path, count)
-        _fill_inputs(interpreters[path, count], rng)
+        fill_random_inputs(interpreters[path, count], rng)
     times: dict[tuple[str, int], list[np.ndarray]] = {pair: [] for pair in pairs}
     for round_index in range(repeats):
         for pair in pairs if round_index % 2 == 0 else reversed(pairs):

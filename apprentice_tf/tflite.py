@@ -23,7 +23,11 @@ import numpy as np
 
 from apprentice_tf import litert, reporting
 from apprentice_tf.compat import check_keras_object, keras, tf
-from apprentice_tf.configs import NBitQuantizeConfig, TernaryQuantizeConfig
+from apprentice_tf.configs import (
+    ActivationQuantizeConfig,
+    NBitQuantizeConfig,
+    TernaryQuantizeConfig,
+)
 from apprentice_tf.litert import (
     Latency,
     OpPlacement,
@@ -61,6 +65,7 @@ __all__ = [
     "format_inspection",
     "format_delegation",
     "low_precision_levels",
+    "narrow_activation_layers",
     "predict",
 ]
 
@@ -111,6 +116,7 @@ def convert(
     verify: bool = True,
     int4_weights: bool = False,
     int2_dense: bool = False,
+    widen_activations: bool = False,
 ) -> Path:
     """Convert a Keras model (float or from `quantize_model`) to a .tflite file.
 
@@ -143,14 +149,31 @@ def convert(
         multiple of 4, or this LiteRT cannot run the result) keeps int8 storage, and a warning
         names the layer and the reason. Ternary convolutions keep int8: LiteRT has no INT2
         CONV_2D kernel.
+      widen_activations: LiteRT has no kernels for activations below 8 bits, so a k < 8-bit
+        activation can only be stored as int8 over the same learned range [min, m]: 255 levels
+        instead of 2^k − 1, a finer network than the Keras one whose top-1 decisions differ
+        (measure them with `agreement`). False (default): such a model is refused with a
+        `ValueError` naming its layers; True: the file is written with int8 activations.
 
     Returns:
       The path written.
 
     Raises:
       RuntimeError: `verify` found a layer whose levels were not kept.
+      ValueError: `model` has activations below 8 bits and `widen_activations` is False.
     """
     check_keras_object(model, "model")
+    narrow = narrow_activation_layers(model)
+    if narrow and not widen_activations:
+        raise ValueError(
+            f"convert: '{model.name}' quantizes activations to fewer than 8 bits in "
+            f"{', '.join(f'{name!r} ({bits}-bit)' for name, bits in narrow.items())}. LiteRT has "
+            "no kernels for activations below 8 bits: the file could only compute them as int8 "
+            "over the same ranges, a different network whose top-1 decisions do not match the "
+            "Keras model's. Quantize with activation_bits=8 (W4A8 and ternary-A8 files match "
+            "Keras), or pass widen_activations=True to write the int8-activation file anyway "
+            "and measure it with apprentice_tf.tflite.agreement."
+        )
     path = Path(path)
     if path.exists() and path.is_dir():
         raise ValueError(f"convert: `path` {str(path)!r} is a directory; pass a file name.")
@@ -176,6 +199,20 @@ def convert(
     if verify:
         _check_levels(model, weights, path)
     return path
+
+
+def narrow_activation_layers(model: keras.Model) -> dict[str, int]:
+    """Layers of `model` whose activations are quantized to k < 8 bits, with k."""
+    narrow = {}
+    for layer in model.layers:
+        config = getattr(layer, "quantize_config", None)
+        if isinstance(config, ActivationQuantizeConfig):
+            bits = config.num_bits
+        else:
+            bits = getattr(config, "activation_bits", None)
+        if bits is not None and bits < 8:
+            narrow[layer.name] = int(bits)
+    return narrow
 
 
 def _store_int2_dense(model: keras.Model, path: Path) -> None:
@@ -318,18 +355,50 @@ def evaluate(
     }
 
 
-def agreement(model: keras.Model, path: str | os.PathLike, x: np.ndarray) -> dict[str, float]:
-    """How closely a .tflite file reproduces its Keras model on the batch `x`.
+def agreement(
+    model: keras.Model,
+    path: str | os.PathLike,
+    data: np.ndarray | tf.data.Dataset | Iterable[Any],
+    num_threads: int = 1,
+) -> dict[str, float]:
+    """How closely a .tflite file reproduces its Keras model on the same inputs.
+
+    Args:
+      model: the Keras model the file was converted from.
+      path: the .tflite file.
+      data: one batch of inputs, or batches of inputs or of (inputs, labels) pairs (e.g. the
+        whole test split from `apprentice_tf.data.load`).
+      num_threads: interpreter threads.
 
     Returns:
-      {"top1_agreement": fraction of rows with the same argmax,
+      {"top1_agreement": fraction of examples with the same argmax,
        "max_abs_diff": max |keras − tflite| over all outputs,
-       "max_abs_output": max |keras| (to judge the difference against)}.
+       "mean_abs_diff": mean |keras − tflite| over all outputs,
+       "max_abs_output": max |keras| (to judge the difference against),
+       "examples": number of examples}.
     """
-    expected = model.predict(x, verbose=0)
-    actual = predict(path, x)
+    batches = [data] if isinstance(data, np.ndarray) else data
+    interpreter = make_interpreter(path, num_threads)
+    same = examples = 0
+    max_diff = max_output = total_diff = 0.0
+    outputs = 0
+    for batch in batches:
+        x = np.asarray(batch[0] if isinstance(batch, tuple | list) else batch)
+        expected = np.asarray(model.predict_on_batch(x))
+        actual = run_batch(interpreter, x.astype(np.float32))
+        difference = np.abs(expected - actual)
+        same += int(np.sum(expected.argmax(-1) == actual.argmax(-1)))
+        examples += len(x)
+        max_diff = max(max_diff, float(difference.max()))
+        max_output = max(max_output, float(np.abs(expected).max()))
+        total_diff += float(difference.sum())
+        outputs += difference.size
+    if examples == 0:
+        raise ValueError(f"agreement: `data` yielded no examples for {path}.")
     return {
-        "top1_agreement": float(np.mean(expected.argmax(-1) == actual.argmax(-1))),
-        "max_abs_diff": float(np.max(np.abs(expected - actual))),
-        "max_abs_output": float(np.max(np.abs(expected))),
+        "top1_agreement": same / examples,
+        "max_abs_diff": max_diff,
+        "mean_abs_diff": total_diff / outputs,
+        "max_abs_output": max_output,
+        "examples": examples,
     }

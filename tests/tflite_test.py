@@ -69,14 +69,19 @@ def test_tflite_agrees_with_keras(request, fixture):
     assert result["max_abs_diff"] <= 0.08 * result["max_abs_output"]
 
 
-def test_four_bit_activations_export_as_int8(tmp_path):
+def test_four_bit_activations_are_refused_unless_widened(tmp_path):
     model = trained(4, activation_bits=4)
-    path = tflite.convert(model, tmp_path / "w4a4.tflite")
+    with pytest.raises(
+        ValueError, match="fewer than 8 bits.*quant_conv1.*4-bit.*activation_bits=8"
+    ):
+        tflite.convert(model, tmp_path / "w4a4.tflite")
+    assert not (tmp_path / "w4a4.tflite").exists()
+    path = tflite.convert(model, tmp_path / "w4a4.tflite", widen_activations=True)
     weights = by_layer(tflite.inspect(path))
     assert all(weights[name].levels <= 15 for name in LOW_PRECISION)
     x, y = blobs(200, seed=7)
-    # LiteRT has no 4-bit activation kernels: the file computes int8 activations over the
-    # learned ranges, so it is a finer network than the Keras one, not an identical one.
+    # The widened file computes int8 activations over the learned ranges: a finer network than
+    # the Keras one, not an identical one; it still classifies.
     result = tflite.evaluate(path, [(x, y)], verbose=0)
     assert result["accuracy"] > 0.5
 
