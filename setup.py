@@ -27,6 +27,7 @@ setup(
         "tensorflow-model-optimization==0.8.1",
         "tensorflow-datasets==4.9.10",
         "ai-edge-litert==2.3.0",
+        "flatbuffers>=23",  # apprentice_tf.litert rewrites .tflite flatbuffers (INT2 storage)
         "absl-py>=1.4,<3",
         "matplotlib>=3.8,<4",
         "numpy>=1.26,<3",

@@ -11,32 +11,90 @@ All Keras objects come from `tf_keras` (Keras 2), the Keras that tensorflow-mode
 uses; see `apprentice_tf.compat`.
 """
 
-from apprentice_tf import (
-    compat,
-    data,
-    hardware,
-    losses,
-    models,
-    progressive,
-    pruning,
-    tflite,
-    zoo,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Lazy attributes (PEP 562). `import apprentice_tf` imports nothing heavy: each submodule, and
+# each re-exported name, is imported the first time it is used. So the `apprentice-tf inspect`
+# and `bench` commands, which need only `apprentice_tf.litert` (the flatbuffer and LiteRT), start
+# in a fraction of a second without TensorFlow, while `atf.quantize_model(...)` works as before.
+_SUBMODULES = (
+    "compat",
+    "data",
+    "hardware",
+    "litert",
+    "losses",
+    "models",
+    "precision",
+    "progressive",
+    "pruning",
+    "reporting",
+    "tflite",
+    "zoo",
 )
-from apprentice_tf.configs import (
-    ActivationQuantizeConfig,
-    NBitQuantizeConfig,
-    TernaryQuantizeConfig,
-)
-from apprentice_tf.distiller import Distiller, cache_teacher_logits
-from apprentice_tf.quantize import custom_objects, quantize_model, quantize_scope
-from apprentice_tf.quantizers import (
-    ActivationQuantizer,
-    TernaryWeightQuantizer,
-    UniformWeightQuantizer,
-    quantize_activation,
-    quantize_uniform,
-    ternarize,
-)
+_NAMES = {
+    "ActivationQuantizeConfig": "apprentice_tf.configs",
+    "NBitQuantizeConfig": "apprentice_tf.configs",
+    "TernaryQuantizeConfig": "apprentice_tf.configs",
+    "Distiller": "apprentice_tf.distiller",
+    "cache_teacher_logits": "apprentice_tf.distiller",
+    "custom_objects": "apprentice_tf.quantize",
+    "quantize_model": "apprentice_tf.quantize",
+    "quantize_scope": "apprentice_tf.quantize",
+    "ActivationQuantizer": "apprentice_tf.quantizers",
+    "TernaryWeightQuantizer": "apprentice_tf.quantizers",
+    "UniformWeightQuantizer": "apprentice_tf.quantizers",
+    "quantize_activation": "apprentice_tf.quantizers",
+    "quantize_uniform": "apprentice_tf.quantizers",
+    "ternarize": "apprentice_tf.quantizers",
+}
+
+if TYPE_CHECKING:  # static analysers see the eager imports
+    from apprentice_tf import (  # noqa: F401
+        compat,
+        data,
+        hardware,
+        litert,
+        losses,
+        models,
+        precision,
+        progressive,
+        pruning,
+        reporting,
+        tflite,
+        zoo,
+    )
+    from apprentice_tf.configs import (  # noqa: F401
+        ActivationQuantizeConfig,
+        NBitQuantizeConfig,
+        TernaryQuantizeConfig,
+    )
+    from apprentice_tf.distiller import Distiller, cache_teacher_logits  # noqa: F401
+    from apprentice_tf.quantize import custom_objects, quantize_model, quantize_scope  # noqa: F401
+    from apprentice_tf.quantizers import (  # noqa: F401
+        ActivationQuantizer,
+        TernaryWeightQuantizer,
+        UniformWeightQuantizer,
+        quantize_activation,
+        quantize_uniform,
+        ternarize,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """Import a submodule or a re-exported name on first use (PEP 562)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"apprentice_tf.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'apprentice_tf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 
@@ -53,6 +111,7 @@ __all__ = [
     "custom_objects",
     "data",
     "hardware",
+    "litert",
     "losses",
     "models",
     "progressive",
@@ -61,8 +120,10 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "quantize_uniform",
+    "reporting",
     "ternarize",
     "tflite",
     "zoo",
+    "precision",
     "__version__",
 ]

@@ -46,7 +46,6 @@ import os
 import platform
 import re
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from apprentice_tf import litert
 from apprentice_tf.compat import check_keras_object, keras, tf
 
 __all__ = [
@@ -790,7 +790,8 @@ def _make_interpreter(content: bytes, num_threads: int) -> Any:
 def _time_invokes(
     content: bytes, num_threads: int, runs: int, warmup: int, batch_size: int, seed: int
 ) -> np.ndarray:
-    """Seconds of each of `runs` timed `invoke()` calls after `warmup` untimed ones."""
+    """Seconds of each of `runs` timed `invoke()` calls after `warmup` untimed ones (the loop
+    of `apprentice_tf.litert.invoke_times`, which `tflite.latency` also uses)."""
     interpreter = _make_interpreter(content, num_threads)
     details = interpreter.get_input_details()
     for detail in details:
@@ -798,24 +799,8 @@ def _time_invokes(
         if shape and shape[0] != batch_size:
             shape[0] = batch_size
             interpreter.resize_tensor_input(detail["index"], shape)
-    interpreter.allocate_tensors()
-    rng = np.random.default_rng(seed)
-    for detail in interpreter.get_input_details():
-        dtype = np.dtype(detail["dtype"])
-        if np.issubdtype(dtype, np.floating):
-            value = rng.random(detail["shape"]).astype(dtype)
-        else:
-            info = np.iinfo(dtype)
-            value = rng.integers(info.min, info.max, detail["shape"], endpoint=True).astype(dtype)
-        interpreter.set_tensor(detail["index"], value)
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times[i] = time.perf_counter() - start
-    return times
+    litert.fill_random_inputs(interpreter, np.random.default_rng(seed))
+    return litert.invoke_times(interpreter, runs, warmup)
 
 
 def time_tflite(

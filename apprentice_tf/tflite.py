@@ -3,13 +3,15 @@
 Low-bit claims are checked in the .tflite flatbuffer itself, not in Keras: the converter can keep
 a kernel in float or re-quantize it to more levels, so `convert` inspects its own output and
 refuses a file in which a low-precision layer lost its levels.
+
+This module holds what needs TensorFlow (`convert`, `evaluate`, `agreement`). Reading a file
+(`inspect`, `size_report`), placing its operators (`delegation`) and timing it (`latency`) need
+only the flatbuffer and LiteRT: they live in `apprentice_tf.litert` and are re-exported here, so
+`atf.tflite.inspect is atf.litert.inspect`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gzip
-import math
 import os
 import time
 import warnings
@@ -18,218 +20,54 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tensorflow.lite.python import schema_py_generated as schema
 
-from apprentice_tf import reporting
+from apprentice_tf import litert, reporting
 from apprentice_tf.compat import check_keras_object, keras, tf
+from apprentice_tf.configs import (
+    ActivationQuantizeConfig,
+    NBitQuantizeConfig,
+    TernaryQuantizeConfig,
+)
+from apprentice_tf.litert import (
+    Latency,
+    OpPlacement,
+    SizeReport,
+    TFLiteFileError,
+    WeightTensor,
+    delegation,
+    format_delegation,
+    format_inspection,
+    inspect,
+    latency,
+    latency_ratio,
+    make_interpreter,
+    predict,
+    run_batch,
+    size_report,
+    store_ternary_dense_as_int2,
+)
+from apprentice_tf.quantize import quantize_scope
 
 __all__ = [
     "convert",
     "inspect",
     "size_report",
+    "delegation",
+    "latency",
+    "latency_ratio",
     "evaluate",
     "agreement",
     "WeightTensor",
     "SizeReport",
+    "OpPlacement",
+    "Latency",
+    "TFLiteFileError",
     "format_inspection",
+    "format_delegation",
     "low_precision_levels",
+    "narrow_activation_layers",
     "predict",
 ]
-
-_WEIGHT_OPS = {
-    schema.BuiltinOperator.CONV_2D: "CONV_2D",
-    schema.BuiltinOperator.DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D",
-    schema.BuiltinOperator.FULLY_CONNECTED: "FULLY_CONNECTED",
-}
-_TYPE_NAMES = {
-    value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")
-}
-_NUMPY_TYPES = {
-    schema.TensorType.FLOAT32: np.float32,
-    schema.TensorType.FLOAT16: np.float16,
-    schema.TensorType.INT8: np.int8,
-    schema.TensorType.UINT8: np.uint8,
-    schema.TensorType.INT16: np.int16,
-    schema.TensorType.INT32: np.int32,
-}
-_PACKED_BITS = {schema.TensorType.INT4: 4, schema.TensorType.INT2: 2}
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightTensor:
-    """One weight tensor of a conv or fully-connected op, as stored in the .tflite file.
-
-    Attributes:
-      name: the tensor's name (it contains the Keras layer's name).
-      op: CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED.
-      dtype: stored type (FLOAT32, INT8, INT4, ...).
-      shape: stored shape.
-      levels: the largest number of distinct stored values in any output channel.
-      bits_needed: ceil(log2(levels)) for integer tensors (3 levels → 2 bits), the type's width
-        for float ones.
-      stored_bytes: bytes of the tensor's buffer in the file.
-      packed_bytes: elements·bits_needed/8 plus 4 bytes per quantization scale.
-      float32_bytes: elements·4.
-      channels: number of output channels (quantization scales) the levels were counted over.
-    """
-
-    name: str
-    op: str
-    dtype: str
-    shape: tuple[int, ...]
-    levels: int
-    bits_needed: int
-    stored_bytes: int
-    packed_bytes: float
-    float32_bytes: int
-    channels: int
-
-
-@dataclasses.dataclass(frozen=True)
-class SizeReport:
-    """Sizes of a .tflite file, each computed as its field's docstring says.
-
-    Attributes:
-      file_bytes: the file's size on disk.
-      gzip_bytes: the file gzip-compressed at level 9 (what a download would carry).
-      packed_bytes: an ideal, not a file: every conv/FC weight packed at `bits_needed` bits per
-        value plus its float32 scales, every other buffer (biases, other constants) as stored;
-        graph structure not counted.
-      float32_bytes: the same weights at 32 bits each, every other buffer as stored.
-    """
-
-    file_bytes: int
-    gzip_bytes: int
-    packed_bytes: int
-    float32_bytes: int
-
-    def ratios(self) -> dict[str, float]:
-        """Each size divided by `float32_bytes`."""
-        return {
-            field: getattr(self, field) / self.float32_bytes
-            for field in ("file_bytes", "gzip_bytes", "packed_bytes")
-        }
-
-
-def _unpack(raw: bytes, tensor_type: int, count: int) -> np.ndarray:
-    """Decode a buffer; INT4/INT2 are packed low bits first, sign-extended."""
-    if tensor_type in _PACKED_BITS:
-        bits = _PACKED_BITS[tensor_type]
-        per_byte = 8 // bits
-        data = np.frombuffer(raw, dtype=np.uint8)
-        values = np.stack([(data >> (bits * i)) & ((1 << bits) - 1) for i in range(per_byte)], -1)
-        values = values.reshape(-1)[:count].astype(np.int8)
-        return np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
-    return np.frombuffer(raw, dtype=_NUMPY_TYPES[tensor_type])[:count]
-
-
-def _channel_levels(values: np.ndarray, axis: int) -> int:
-    rows = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
-    return max(len(np.unique(row)) for row in rows)
-
-
-def inspect(path: str | os.PathLike) -> list[WeightTensor]:
-    """List every conv/fully-connected weight tensor stored in a .tflite file.
-
-    Levels are counted on the stored integers (or floats) per output channel, i.e. along the
-    tensor's quantized dimension (the first axis for conv and FC, the last for depthwise).
-
-    Args:
-      path: a .tflite file.
-
-    Returns:
-      One `WeightTensor` per distinct weight tensor, in the order the ops use them.
-    """
-    buffer = Path(path).read_bytes()
-    model = schema.ModelT.InitFromPackedBuf(buffer, 0)
-    results: dict[int, WeightTensor] = {}
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-            if builtin not in _WEIGHT_OPS or len(op.inputs) < 2 or op.inputs[1] in results:
-                continue
-            tensor = subgraph.tensors[op.inputs[1]]
-            data = model.buffers[tensor.buffer].data
-            if data is None or len(data) == 0:
-                continue
-            raw = bytes(data)
-            shape = tuple(int(d) for d in tensor.shape)
-            count = int(np.prod(shape))
-            values = _unpack(raw, tensor.type, count).reshape(shape)
-            quantization = tensor.quantization
-            scales = (
-                0 if quantization is None or quantization.scale is None else len(quantization.scale)
-            )
-            if builtin == schema.BuiltinOperator.DEPTHWISE_CONV_2D:
-                axis = len(shape) - 1
-            elif scales > 1:
-                axis = int(quantization.quantizedDimension)
-            else:
-                axis = 0
-            levels = _channel_levels(values, axis)
-            is_float = tensor.type in (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16)
-            bits = values.dtype.itemsize * 8 if is_float else max(1, math.ceil(math.log2(levels)))
-            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-            results[op.inputs[1]] = WeightTensor(
-                name=name,
-                op=_WEIGHT_OPS[builtin],
-                dtype=_TYPE_NAMES[tensor.type],
-                shape=shape,
-                levels=levels,
-                bits_needed=bits,
-                stored_bytes=len(raw),
-                packed_bytes=count * bits / 8 + 4 * scales,
-                float32_bytes=count * 4,
-                channels=shape[axis],
-            )
-    return list(results.values())
-
-
-def size_report(path: str | os.PathLike, weights: list[WeightTensor] | None = None) -> SizeReport:
-    """File, gzip, ideal packed and float32-equivalent sizes of a .tflite file (`SizeReport`)."""
-    buffer = Path(path).read_bytes()
-    weights = inspect(path) if weights is None else weights
-    model = schema.ModelT.InitFromPackedBuf(buffer, 0)
-    all_constants = sum(len(b.data) for b in model.buffers if b.data is not None)
-    other = all_constants - sum(w.stored_bytes for w in weights)
-    return SizeReport(
-        file_bytes=len(buffer),
-        gzip_bytes=len(gzip.compress(buffer, compresslevel=9, mtime=0)),
-        packed_bytes=int(math.ceil(sum(w.packed_bytes for w in weights) + other)),
-        float32_bytes=int(sum(w.float32_bytes for w in weights) + other),
-    )
-
-
-def format_inspection(weights: list[WeightTensor], report: SizeReport) -> str:
-    """The inspection as a markdown table followed by the labelled size report."""
-    lines = [
-        "| weight tensor | op | dtype | shape | levels/channel | bits | stored B | packed B |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for w in weights:
-        lines.append(
-            f"| {_short_name(w.name)} | {w.op} | {w.dtype} | {'x'.join(map(str, w.shape))} | "
-            f"{w.levels} | {w.bits_needed} | {w.stored_bytes} | {w.packed_bytes:.0f} |"
-        )
-    ratios = report.ratios()
-    lines += [
-        "",
-        f"file bytes (on disk):                        {report.file_bytes:>10,d}"
-        f"  ({ratios['file_bytes']:.3f} of float32)",
-        f"gzip bytes (gzip -9 of the file):            {report.gzip_bytes:>10,d}"
-        f"  ({ratios['gzip_bytes']:.3f} of float32)",
-        f"packed bytes (ideal: weights at bits needed): {report.packed_bytes:>9,d}"
-        f"  ({ratios['packed_bytes']:.3f} of float32)",
-        f"float32-equivalent bytes (weights at 32 bit): {report.float32_bytes:>9,d}",
-    ]
-    return "\n".join(lines)
-
-
-def _short_name(name: str) -> str:
-    first = name.split(";")[0]
-    parts = first.split("/")
-    return "/".join(parts[1:3]) if len(parts) > 2 else first
 
 
 def low_precision_levels(model: keras.Model) -> dict[str, int]:
@@ -237,8 +75,6 @@ def low_precision_levels(model: keras.Model) -> dict[str, int]:
 
     Ternary layers 3, k-bit layers 2^k − 1, keyed by the QuantizeWrapper's name.
     """
-    from apprentice_tf.configs import NBitQuantizeConfig, TernaryQuantizeConfig
-
     limits = {}
     for layer in model.layers:
         config = getattr(layer, "quantize_config", None)
@@ -279,6 +115,8 @@ def convert(
     *,
     verify: bool = True,
     int4_weights: bool = False,
+    int2_dense: bool = False,
+    widen_activations: bool = False,
 ) -> Path:
     """Convert a Keras model (float or from `quantize_model`) to a .tflite file.
 
@@ -303,14 +141,39 @@ def convert(
         LiteRT could not run). Checked in the output: when the file holds no INT4 tensor, a
         warning says so and the kernels keep int8 storage. Default: int8 storage, which LiteRT
         runs with its fast int8 kernels.
+      int2_dense: store the kernels of ternary Dense layers (FULLY_CONNECTED ops) as INT2, four
+        values a byte, with `apprentice_tf.litert.store_ternary_dense_as_int2` (the dequantized
+        weights are unchanged; the int32 bias is re-rounded at the new scale). LiteRT runs INT2
+        only in FULLY_CONNECTED, on XNNPACK when the input channels are a multiple of 4. A
+        layer that cannot be packed (its op is not integer, its input channels are not a
+        multiple of 4, or this LiteRT cannot run the result) keeps int8 storage, and a warning
+        names the layer and the reason. Ternary convolutions keep int8: LiteRT has no INT2
+        CONV_2D kernel.
+      widen_activations: LiteRT has no kernels for activations below 8 bits, so a k < 8-bit
+        activation can only be stored as int8 over the same learned range [min, m]: 255 levels
+        instead of 2^k − 1, a finer network than the Keras one whose top-1 decisions differ
+        (measure them with `agreement`). False (default): such a model is refused with a
+        `ValueError` naming its layers; True: the file is written with int8 activations.
 
     Returns:
       The path written.
 
     Raises:
       RuntimeError: `verify` found a layer whose levels were not kept.
+      ValueError: `model` has activations below 8 bits and `widen_activations` is False.
     """
     check_keras_object(model, "model")
+    narrow = narrow_activation_layers(model)
+    if narrow and not widen_activations:
+        raise ValueError(
+            f"convert: '{model.name}' quantizes activations to fewer than 8 bits in "
+            f"{', '.join(f'{name!r} ({bits}-bit)' for name, bits in narrow.items())}. LiteRT has "
+            "no kernels for activations below 8 bits: the file could only compute them as int8 "
+            "over the same ranges, a different network whose top-1 decisions do not match the "
+            "Keras model's. Quantize with activation_bits=8 (W4A8 and ternary-A8 files match "
+            "Keras), or pass widen_activations=True to write the int8-activation file anyway "
+            "and measure it with apprentice_tf.tflite.agreement."
+        )
     path = Path(path)
     if path.exists() and path.is_dir():
         raise ValueError(f"convert: `path` {str(path)!r} is a directory; pass a file name.")
@@ -324,6 +187,8 @@ def convert(
         flatbuffer = converter.convert()
     path.parent.mkdir(parents=True, exist_ok=True)
     reporting.write_bytes(path, flatbuffer)
+    if int2_dense:
+        _store_int2_dense(model, path)
     weights = inspect(path)
     if int4_weights and not any(w.dtype == "INT4" for w in weights):
         warnings.warn(
@@ -334,6 +199,44 @@ def convert(
     if verify:
         _check_levels(model, weights, path)
     return path
+
+
+def narrow_activation_layers(model: keras.Model) -> dict[str, int]:
+    """Layers of `model` whose activations are quantized to k < 8 bits, with k."""
+    narrow = {}
+    for layer in model.layers:
+        config = getattr(layer, "quantize_config", None)
+        if isinstance(config, ActivationQuantizeConfig):
+            bits = config.num_bits
+        else:
+            bits = getattr(config, "activation_bits", None)
+        if bits is not None and bits < 8:
+            narrow[layer.name] = int(bits)
+    return narrow
+
+
+def _store_int2_dense(model: keras.Model, path: Path) -> None:
+    """Pack the ternary Dense kernels of the file at `path` as INT2; warn about the others."""
+    ternary_dense = [
+        layer.name
+        for layer in model.layers
+        if isinstance(getattr(layer, "quantize_config", None), TernaryQuantizeConfig)
+        and isinstance(getattr(layer, "layer", None), keras.layers.Dense)
+    ]
+    if not ternary_dense:
+        warnings.warn(
+            f"convert: int2_dense=True but '{model.name}' has no ternary Dense layer; {path} "
+            "keeps its storage (ternary convolutions stay int8: LiteRT has no INT2 CONV_2D).",
+            stacklevel=3,
+        )
+        return
+    kept = [r for r in store_ternary_dense_as_int2(path, ternary_dense) if not r.packed]
+    for result in kept:
+        warnings.warn(
+            f"convert: int2_dense=True: '{litert.short_name(result.name)}' in {path} keeps int8 "
+            f"storage: {result.reason}.",
+            stacklevel=3,
+        )
 
 
 def _set_export_settings(config: Any, int4_weights: bool) -> bool:
@@ -384,8 +287,6 @@ def _export_copy(model: keras.Model, int4_weights: bool) -> keras.Model:
     config = model.get_config()
     if not _set_export_settings(config, int4_weights):
         return model
-    from apprentice_tf.quantize import quantize_scope
-
     with quantize_scope():
         copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
@@ -408,42 +309,6 @@ def _representative(data: Any) -> Callable[[], Iterable[list[np.ndarray]]]:
     return generate
 
 
-def _interpreter(path: str | os.PathLike, num_threads: int) -> Any:
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f"`num_threads` must be an integer >= 1, received {num_threads!r}.")
-    return Interpreter(model_path=str(path), num_threads=num_threads)
-
-
-def predict(path: str | os.PathLike, x: np.ndarray, num_threads: int = 1) -> np.ndarray:
-    """Run a .tflite file on one batch `x` with the LiteRT interpreter and return its output.
-
-    Integer inputs and outputs (full-integer files) are quantized and dequantized with the
-    file's own scales, so the result is always float.
-    """
-    interpreter = _interpreter(path, num_threads)
-    return _run_batch(interpreter, np.asarray(x))
-
-
-def _run_batch(interpreter: Any, x: np.ndarray) -> np.ndarray:
-    input_detail = interpreter.get_input_details()[0]
-    if tuple(input_detail["shape"]) != x.shape:
-        interpreter.resize_tensor_input(input_detail["index"], x.shape)
-        interpreter.allocate_tensors()
-    if input_detail["dtype"] != np.float32:
-        scale, zero_point = input_detail["quantization"]
-        x = np.round(x / scale + zero_point).astype(input_detail["dtype"])
-    interpreter.set_tensor(input_detail["index"], x.astype(input_detail["dtype"]))
-    interpreter.invoke()
-    output_detail = interpreter.get_output_details()[0]
-    y = interpreter.get_tensor(output_detail["index"])
-    if output_detail["dtype"] != np.float32:
-        scale, zero_point = output_detail["quantization"]
-        y = (y.astype(np.float32) - zero_point) * scale
-    return y
-
-
 def evaluate(
     path: str | os.PathLike,
     dataset: tf.data.Dataset | Iterable[tuple[np.ndarray, np.ndarray]],
@@ -462,7 +327,7 @@ def evaluate(
       {"accuracy": correct/examples, "examples": n, "ms_per_batch": median batch latency,
        "ms_per_example": total time/examples}.
     """
-    interpreter = _interpreter(path, num_threads)
+    interpreter = make_interpreter(path, num_threads)
     correct = examples = 0
     batch_times = []
     cardinality = None
@@ -475,7 +340,7 @@ def evaluate(
     for step, (x, y) in enumerate(dataset, start=1):
         x, y = np.asarray(x), np.asarray(y).reshape(-1)
         start = time.perf_counter()
-        logits = _run_batch(interpreter, x)
+        logits = run_batch(interpreter, x)
         batch_times.append(time.perf_counter() - start)
         correct += int((logits.argmax(-1) == y).sum())
         examples += len(y)
@@ -490,18 +355,50 @@ def evaluate(
     }
 
 
-def agreement(model: keras.Model, path: str | os.PathLike, x: np.ndarray) -> dict[str, float]:
-    """How closely a .tflite file reproduces its Keras model on the batch `x`.
+def agreement(
+    model: keras.Model,
+    path: str | os.PathLike,
+    data: np.ndarray | tf.data.Dataset | Iterable[Any],
+    num_threads: int = 1,
+) -> dict[str, float]:
+    """How closely a .tflite file reproduces its Keras model on the same inputs.
+
+    Args:
+      model: the Keras model the file was converted from.
+      path: the .tflite file.
+      data: one batch of inputs, or batches of inputs or of (inputs, labels) pairs (e.g. the
+        whole test split from `apprentice_tf.data.load`).
+      num_threads: interpreter threads.
 
     Returns:
-      {"top1_agreement": fraction of rows with the same argmax,
+      {"top1_agreement": fraction of examples with the same argmax,
        "max_abs_diff": max |keras − tflite| over all outputs,
-       "max_abs_output": max |keras| (to judge the difference against)}.
+       "mean_abs_diff": mean |keras − tflite| over all outputs,
+       "max_abs_output": max |keras| (to judge the difference against),
+       "examples": number of examples}.
     """
-    expected = model.predict(x, verbose=0)
-    actual = predict(path, x)
+    batches = [data] if isinstance(data, np.ndarray) else data
+    interpreter = make_interpreter(path, num_threads)
+    same = examples = 0
+    max_diff = max_output = total_diff = 0.0
+    outputs = 0
+    for batch in batches:
+        x = np.asarray(batch[0] if isinstance(batch, tuple | list) else batch)
+        expected = np.asarray(model.predict_on_batch(x))
+        actual = run_batch(interpreter, x.astype(np.float32))
+        difference = np.abs(expected - actual)
+        same += int(np.sum(expected.argmax(-1) == actual.argmax(-1)))
+        examples += len(x)
+        max_diff = max(max_diff, float(difference.max()))
+        max_output = max(max_output, float(np.abs(expected).max()))
+        total_diff += float(difference.sum())
+        outputs += difference.size
+    if examples == 0:
+        raise ValueError(f"agreement: `data` yielded no examples for {path}.")
     return {
-        "top1_agreement": float(np.mean(expected.argmax(-1) == actual.argmax(-1))),
-        "max_abs_diff": float(np.max(np.abs(expected - actual))),
-        "max_abs_output": float(np.max(np.abs(expected))),
+        "top1_agreement": same / examples,
+        "max_abs_diff": max_diff,
+        "mean_abs_diff": total_diff / outputs,
+        "max_abs_output": max_output,
+        "examples": examples,
     }

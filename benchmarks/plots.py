@@ -46,11 +46,15 @@ def step_cost_bars(payload: dict, path: Path) -> Path:
 
 
 def latency_vs_size(payload: dict, path: Path) -> Path:
-    """LiteRT latency (1 thread) against file size, one labelled point per export."""
+    """LiteRT latency (1 thread) against file size, one labelled point per export; the bar is
+    the min-max of the round medians when the JSON has them."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in payload["rows"]:
-        ax.scatter(row["file_bytes"], row["latency_ms_1_thread"])
+        median = row["latency_ms_1_thread"]
+        low = row.get("latency_ms_1_thread_round_min", median)
+        high = row.get("latency_ms_1_thread_round_max", median)
+        ax.errorbar(row["file_bytes"], median, yerr=[[median - low], [high - median]], fmt="o")
         label = f"{row['network'].split()[0]} {row['variant']}"
         ax.annotate(label, (row["file_bytes"], row["latency_ms_1_thread"]), fontsize=7)
     ax.set_xscale("log")

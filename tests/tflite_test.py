@@ -8,7 +8,7 @@ import pytest
 from conftest import blobs, tiny_cnn
 
 import apprentice_tf as atf
-from apprentice_tf import cli, tflite
+from apprentice_tf import cli, litert, tflite
 from apprentice_tf.compat import keras
 
 
@@ -38,7 +38,7 @@ def four_bit_file(tmp_path_factory):
 
 
 def by_layer(weights):
-    return {tflite._short_name(w.name).split("/")[0]: w for w in weights}
+    return {litert.short_name(w.name).split("/")[0]: w for w in weights}
 
 
 LOW_PRECISION = ["quant_conv1", "quant_conv2", "quant_dw", "quant_pw", "quant_fc"]
@@ -69,14 +69,19 @@ def test_tflite_agrees_with_keras(request, fixture):
     assert result["max_abs_diff"] <= 0.08 * result["max_abs_output"]
 
 
-def test_four_bit_activations_export_as_int8(tmp_path):
+def test_four_bit_activations_are_refused_unless_widened(tmp_path):
     model = trained(4, activation_bits=4)
-    path = tflite.convert(model, tmp_path / "w4a4.tflite")
+    with pytest.raises(
+        ValueError, match="fewer than 8 bits.*quant_conv1.*4-bit.*activation_bits=8"
+    ):
+        tflite.convert(model, tmp_path / "w4a4.tflite")
+    assert not (tmp_path / "w4a4.tflite").exists()
+    path = tflite.convert(model, tmp_path / "w4a4.tflite", widen_activations=True)
     weights = by_layer(tflite.inspect(path))
     assert all(weights[name].levels <= 15 for name in LOW_PRECISION)
     x, y = blobs(200, seed=7)
-    # LiteRT has no 4-bit activation kernels: the file computes int8 activations over the
-    # learned ranges, so it is a finer network than the Keras one, not an identical one.
+    # The widened file computes int8 activations over the learned ranges: a finer network than
+    # the Keras one, not an identical one; it still classifies.
     result = tflite.evaluate(path, [(x, y)], verbose=0)
     assert result["accuracy"] > 0.5
 
@@ -119,7 +124,7 @@ def test_cli_inspect_prints_table_and_json(ternary_file, capsys):
     assert cli.main(["inspect", str(path), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert {w["levels"] for w in payload["weights"] if "quant_conv1" in w["name"]} == {3}
-    assert cli.main(["inspect", str(path.parent / "missing.tflite")]) == 1
+    assert cli.main(["inspect", str(path.parent / "missing.tflite")]) == 2
 
 
 def test_full_integer_export_quantizes_first_and_last(ternary_file, tmp_path):
@@ -142,6 +147,15 @@ def test_int4_flag_is_verified_in_the_file(four_bit_file, tmp_path):
     has_int4 = any(w.dtype == "INT4" for w in weights)
     warned = any("int4_weights=True" in str(w.message) for w in record)
     assert has_int4 != warned
+    # What the runtime makes of it: XNNPACK's CONV_2D takes no INT4 filter, so those convs
+    # run on LiteRT's built-in kernel, and the report says why.
+    placements = tflite.delegation(path)
+    int4_convs = [p for p in placements if p.op == "CONV_2D" and p.weight_dtype == "INT4"]
+    assert int4_convs or not has_int4
+    for placement in int4_convs:
+        assert not placement.delegated and placement.kernel == "built-in"
+        assert "INT4" in placement.reason and "XNNPACK" in placement.reason
+    assert any(p.delegated for p in placements)
 
 
 def test_weight_only_model_is_refused_unless_verify_false(tmp_path):
@@ -157,3 +171,53 @@ def test_float_model_converts_and_directory_path_is_refused(tmp_path):
     assert {w.dtype for w in tflite.inspect(path)} == {"FLOAT32"}
     with pytest.raises(ValueError, match="is a directory"):
         tflite.convert(tiny_cnn(), tmp_path)
+
+
+def mlp(width=32, odd=30):
+    """Dense-only network: float first/last layers; ternary middle layers with 32 and 30 inputs."""
+    inputs = keras.Input((16,))
+    x = keras.layers.Dense(width, activation="relu", name="first")(inputs)
+    x = keras.layers.Dense(odd, activation="relu", name="hidden32")(x)  # 32 input channels
+    x = keras.layers.Dense(width, activation="relu", name="hidden30")(x)  # 30 input channels
+    return keras.Model(inputs, keras.layers.Dense(4, name="logits")(x), name="mlp")
+
+
+def test_int2_dense_packs_ternary_fully_connected_and_keeps_the_rest(tmp_path):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 16)).astype("float32")
+    y = (x[:, :4].argmax(-1)).astype("int64")
+    model = atf.quantize_model(mlp(), "ternary", 8)
+    model.compile(
+        keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    int8_path = tflite.convert(model, tmp_path / "int8.tflite")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        int2_path = tflite.convert(model, tmp_path / "int2.tflite", int2_dense=True)
+    weights = by_layer(tflite.inspect(int2_path))
+    assert weights["quant_hidden32"].dtype == "INT2" and weights["quant_hidden32"].levels <= 3
+    assert weights["quant_hidden32"].stored_bytes == 32 * 30 // 4
+    assert weights["quant_hidden30"].dtype == "INT8"  # 30 inputs: not a multiple of 4
+    kept_float = [w.dtype for n, w in weights.items() if n.endswith(("first", "logits"))]
+    assert kept_float == ["FLOAT32", "FLOAT32"], sorted(weights)
+    messages = [str(w.message) for w in record]
+    assert any("quant_hidden30" in m and "multiple of 4" in m for m in messages), messages
+    assert not any("quant_hidden32" in m for m in messages)
+    int8_weights = by_layer(tflite.inspect(int8_path))
+    assert int8_weights["quant_hidden32"].stored_bytes == 32 * 30
+    # same dequantized weights: the two files and Keras make the same decisions
+    assert tflite.agreement(model, int2_path, x)["top1_agreement"] >= 0.97
+    assert (
+        np.mean(tflite.predict(int2_path, x).argmax(-1) == tflite.predict(int8_path, x).argmax(-1))
+        >= 0.97
+    )
+    placements = {p.index: p for p in tflite.delegation(int2_path)}
+    assert any(p.weight_dtype == "INT2" and p.delegated for p in placements.values())
+
+
+def test_int2_dense_without_ternary_dense_warns(four_bit_file, tmp_path):
+    model, _ = four_bit_file
+    with pytest.warns(UserWarning, match="no ternary Dense layer"):
+        tflite.convert(model, tmp_path / "w4.tflite", int2_dense=True)
