@@ -122,7 +122,8 @@ def read_history(path: Path) -> dict[str, list[float]]:
     history: dict[str, list[float]] = {}
     for row in rows:
         for key, value in row.items():
-            if key != "epoch" and value not in ("", None):
+            # CSVLogger writes "NA" for the val_* columns it adds when there is no validation.
+            if key != "epoch" and value not in ("", "NA", None):
                 history.setdefault(key, []).append(float(value))
     return history
 

@@ -1,4 +1,8 @@
-"""recipes/quickstart.py end to end on a tiny zoo (untrained ResNet-8s) and a CIFAR-10 slice."""
+"""recipes/quickstart.py end to end on a tiny zoo (untrained ResNet-8s) and a CIFAR-10 slice.
+
+The end-to-end run (four conversions, two fine-tunings, a rerun) is marked slow; the checks of
+bad settings and flags run in the default suite.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ def quick(tmp_path_factory):
     return {"config": config, "results": quickstart.run(config), "output_dir": output_dir}
 
 
+@pytest.mark.slow
 def test_table_has_every_network_evaluated_on_the_split(quick):
     rows = quick["results"]["rows"]
     assert [r["network"] for r in rows] == [
@@ -47,6 +52,7 @@ def test_table_has_every_network_evaluated_on_the_split(quick):
     assert all(row["levels_per_channel"] == 3 for row in rows[1:])  # ternary, in the file
 
 
+@pytest.mark.slow
 def test_gain_is_distilled_minus_alone(quick):
     rows = quick["results"]["rows"]
     gain = quick["results"]["distillation_gain"]
@@ -56,6 +62,7 @@ def test_gain_is_distilled_minus_alone(quick):
     assert "Distillation gain" in text and "one seed" in text and "levels/channel" in text
 
 
+@pytest.mark.slow
 def test_rerun_loads_the_finished_fine_tuning(quick, capsys):
     quickstart.run(quick["config"])
     printed = capsys.readouterr().out
