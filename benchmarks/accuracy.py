@@ -18,6 +18,9 @@ B_4bit         scheme B with W4A8 (4-bit weights): alone and distilled
 progressive    ternary W2A8 with progressive ancillary branches (no distillation)
 progressive_B  the same, distilled from the teacher
 A              scheme A: ternary student and teacher trained together from scratch
+HAKD           the float CIFAR ResNet student HAKD selects under ``--hakd_budget_ms`` (LiteRT,
+               batch 1, 1 thread), distilled from the teacher, against magnitude- and
+               channel-pruned copies of the teacher at about the same measured latency
 =============  =================================================================================
 
 Each group is one recipe run (`recipes.pretrain.run`, `recipes.apprentice.run`,
@@ -45,7 +48,7 @@ from typing import Any
 from absl import app, flags
 
 from apprentice_tf import reporting
-from recipes import apprentice, pretrain, progressive
+from recipes import apprentice, hakd, pretrain, progressive
 
 flags.DEFINE_integer("epochs", 15, "epochs of every from-scratch row (students and teacher)")
 flags.DEFINE_integer("finetune_epochs", 3, "scheme C: fine-tuning epochs of both C rows")
@@ -53,6 +56,9 @@ flags.DEFINE_string("teacher", "resnet56", "teacher network (float CIFAR ResNet)
 flags.DEFINE_string("student", "resnet20", "student network (CIFAR ResNet)")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of the ternary alone / scheme B comparison")
 flags.DEFINE_list("groups", [], "run only these groups (default: every group, in order)")
+flags.DEFINE_float(
+    "hakd_budget_ms", 0.5, "HAKD: LiteRT latency budget of the student (batch 1, 1 thread)"
+)
 flags.DEFINE_string("train_split", "train", "CIFAR-10 training split of every row")
 flags.DEFINE_string("test_split", "test", "CIFAR-10 test split of every row")
 flags.DEFINE_integer("threads", 2, "TensorFlow threads")
@@ -271,6 +277,43 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
             )
         ]
 
+    def hakd_group() -> list[dict[str, Any]]:
+        work = work_dir / "HAKD"
+        results = hakd.run(
+            hakd.HAKDConfig(
+                train_split=f.train_split,
+                test_split=f.test_split,
+                teacher=f.teacher,
+                teacher_checkpoint=_teacher_weights(work_dir),
+                family="resnet",
+                latency_budget_ms=f.hakd_budget_ms,
+                num_threads=1,
+                epochs=f.epochs,
+                output_dir=str(work),
+                threads=f.threads,
+                verbose=2,
+            )
+        )
+        stages = {"teacher": "teacher", "magnitude": "magnitude", "channel": "channel"}
+        rows = []
+        for row in results["rows"]:
+            scheme = row["scheme"]
+            if scheme == "teacher":
+                continue
+            stage = next((v for k, v in stages.items() if scheme.startswith(k)), "student")
+            curve_name = {
+                "magnitude": "magnitude pruning",
+                "channel": "channel pruning",
+                "student": "HAKD student",
+            }[stage]
+            named = _row(
+                row, f"{scheme}: {row['model']}", results["curves"][curve_name], work, stage
+            )
+            named["latency_ms"] = row.get("latency_ms")
+            named["params"] = row.get("params")
+            rows.append(named)
+        return rows
+
     plan: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
         ("float", float_group),
         ("teacher", teacher_group),
@@ -288,6 +331,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
         ("progressive", lambda: progressive_group(False)),
         ("progressive_B", lambda: progressive_group(True)),
         ("A", scheme_a),
+        ("HAKD", hakd_group),
     ]
     return plan
 
