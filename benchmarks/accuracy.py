@@ -57,7 +57,7 @@ flags.DEFINE_string("student", "resnet20", "student network (CIFAR ResNet)")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of the ternary alone / scheme B comparison")
 flags.DEFINE_list("groups", [], "run only these groups (default: every group, in order)")
 flags.DEFINE_float(
-    "hakd_budget_ms", 0.5, "HAKD: LiteRT latency budget of the student (batch 1, 1 thread)"
+    "hakd_budget_ms", 1.0, "HAKD: LiteRT latency budget of the student (batch 1, 1 thread)"
 )
 flags.DEFINE_string("train_split", "train", "CIFAR-10 training split of every row")
 flags.DEFINE_string("test_split", "test", "CIFAR-10 test split of every row")
