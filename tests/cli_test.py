@@ -108,3 +108,14 @@ def test_bad_file_gets_one_line_and_status_2(float_file, tmp_path, command, cont
     assert code == 2 and out == "" and heavy == ""
     assert len(err) == 1, err
     assert err[0].startswith(f"apprentice-tf {command}: {path}: ") and problem in err[0]
+
+
+def test_lazy_package_still_exposes_every_public_name():
+    import apprentice_tf as atf
+
+    for name in atf.__all__:
+        assert getattr(atf, name) is not None, name
+    assert atf.tflite.inspect is atf.litert.inspect
+    assert set(atf.__all__) <= set(dir(atf))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        atf.not_a_name  # noqa: B018
