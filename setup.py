@@ -17,7 +17,15 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["apprentice_tf", "apprentice_tf.*", "recipes"]),
+    # The repository's recipes/ folder is installed as `apprentice_tf_recipes` (used by
+    # `apprentice-tf run NAME`), not as a bare top-level `recipes` that could collide with
+    # another project's; from the repository root, `python -m recipes.NAME` runs the folder
+    # itself. The recipes import each other relatively, so both names work.
+    packages=[
+        *find_packages(include=["apprentice_tf", "apprentice_tf.*"]),
+        "apprentice_tf_recipes",
+    ],
+    package_dir={"apprentice_tf_recipes": "recipes"},
     # The reference networks of apprentice_tf.zoo: weights, training log, results.json.
     package_data={"apprentice_tf": ["weights/*/*.h5", "weights/*/*.csv", "weights/*/*.json"]},
     install_requires=[

@@ -5,7 +5,7 @@ apprentice-tf inspect model.tflite [--json] [--threads N]
 apprentice-tf bench a.tflite [b.tflite ...] [--threads 1 2] [--repeats 5] [--runs 100] [--json]
     LiteRT latency of the files side by side (median and spread), delegation and sizes
 apprentice-tf run quickstart [--flag=value ...]
-    run a recipe (apprentice, progressive, hakd, quickstart) with its absl flags
+    run a recipe (apprentice, progressive, hakd, pretrain, quickstart) with its absl flags
 
 `inspect` and `bench` import only `apprentice_tf.litert` (the flatbuffer schema and the LiteRT
 interpreter), never TensorFlow, and silence LiteRT's native start-up line ("Created TensorFlow
@@ -27,7 +27,9 @@ from collections.abc import Iterator, Sequence
 
 from apprentice_tf import litert, reporting
 
-RECIPES = ("quickstart", "apprentice", "progressive", "hakd")
+RECIPES = ("quickstart", "apprentice", "progressive", "hakd", "pretrain")
+#: The installed name of the repository's recipes/ folder (setup.py's package_dir).
+RECIPES_PACKAGE = "apprentice_tf_recipes"
 #: Exit status for a file that cannot be read as a TFLite model (argparse uses 2 for bad usage).
 EXIT_BAD_FILE = 2
 
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_FILE
     from absl import app
 
-    module = importlib.import_module(f"recipes.{args.recipe}")
+    module = importlib.import_module(f"{RECIPES_PACKAGE}.{args.recipe}")
     app.run(module.main, argv=[f"recipes.{args.recipe}", *rest])
     return 0
 

@@ -74,7 +74,8 @@ from apprentice_tf.compat import keras, tf
 from apprentice_tf.distiller import Distiller, cache_teacher_logits
 from apprentice_tf.models import cifar_resnet
 from apprentice_tf.quantize import quantize_model
-from recipes._common import (
+
+from ._common import (
     RecipeError,
     check_choice,
     check_file,

@@ -56,8 +56,9 @@ from apprentice_tf.compat import keras, tf
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import cifar_resnet, densenet_bc, mobilenet_v1
 from apprentice_tf.quantize import quantize_model
-from recipes import _common
-from recipes._common import RecipeError
+
+from . import _common
+from ._common import RecipeError
 
 __all__ = [
     "HAKDConfig",

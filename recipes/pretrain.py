@@ -36,7 +36,8 @@ from absl import app, flags
 from apprentice_tf import data, precision, reporting
 from apprentice_tf.compat import keras
 from apprentice_tf.models import cifar_resnet
-from recipes._common import (
+
+from ._common import (
     RecipeError,
     check_choice,
     check_output_dir,

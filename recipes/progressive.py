@@ -43,7 +43,8 @@ from apprentice_tf.compat import keras, tf
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import resnet
 from apprentice_tf.quantize import quantize_model
-from recipes._common import (
+
+from ._common import (
     RecipeError,
     check_choice,
     check_file,

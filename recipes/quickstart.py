@@ -40,7 +40,8 @@ from apprentice_tf import data, reporting, tflite, zoo
 from apprentice_tf.compat import keras
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.quantize import quantize_model
-from recipes._common import (
+
+from ._common import (
     RecipeError,
     check_output_dir,
     check_positive,
