@@ -385,38 +385,27 @@ def _build_student(config: ApprenticeConfig, num_classes: int) -> keras.Model:
     return _build(config.student, config.student_width, num_classes, "student")
 
 
-def _load_teacher(config: ApprenticeConfig, num_classes: int) -> keras.Model:
-    """The teacher architecture for the dataset's classes, with the checkpoint's weights."""
-    teacher = _build_teacher(config, num_classes)
+def _load(config: ApprenticeConfig, num_classes: int, role: str) -> keras.Model:
+    """The teacher or student architecture for the dataset's classes, with the weights of
+    --<role>_checkpoint (role: "teacher" or "student")."""
+    checkpoint = getattr(config, f"{role}_checkpoint")
+    name, width = getattr(config, role), getattr(config, f"{role}_width")
+    model = _build(name, width, num_classes, role)
     try:
-        teacher.load_weights(config.teacher_checkpoint)
+        model.load_weights(checkpoint)
     except (ValueError, OSError, KeyError) as error:
         raise RecipeError(
-            f"--teacher_checkpoint={config.teacher_checkpoint!r} does not fit --teacher="
-            f"{config.teacher} --teacher_width={config.teacher_width:g} with {num_classes} "
-            f"classes ({config.dataset}): {_one_line(error)}"
+            f"--{role}_checkpoint={checkpoint!r} does not fit --{role}={name} "
+            f"--{role}_width={width:g} with {num_classes} classes ({config.dataset}): "
+            f"{_one_line(error)}"
         ) from None
-    outputs = int(teacher.output_shape[-1])
+    outputs = int(model.output_shape[-1])
     if outputs != num_classes:
         raise RecipeError(
-            f"--teacher_checkpoint={config.teacher_checkpoint!r} gives {outputs} outputs, but "
+            f"--{role}_checkpoint={checkpoint!r} gives {outputs} outputs, but "
             f"{config.dataset} has {num_classes} classes."
         )
-    return teacher
-
-
-def _load_student(config: ApprenticeConfig, num_classes: int) -> keras.Model:
-    """Scheme C: the full-precision student architecture with --student_checkpoint's weights."""
-    student = _build_student(config, num_classes)
-    try:
-        student.load_weights(config.student_checkpoint)
-    except (ValueError, OSError, KeyError) as error:
-        raise RecipeError(
-            f"--student_checkpoint={config.student_checkpoint!r} does not fit --student="
-            f"{config.student} --student_width={config.student_width:g} with {num_classes} "
-            f"classes ({config.dataset}): {_one_line(error)}"
-        ) from None
-    return student
+    return model
 
 
 def _check(config: ApprenticeConfig) -> _Setup:
@@ -432,8 +421,8 @@ def _check(config: ApprenticeConfig) -> _Setup:
             data.load(config.dataset, getattr(config, flag), config.batch_size)
     except ValueError as error:
         raise RecipeError(f"--dataset/--train_split/--test_split: {_one_line(error)}") from None
-    teacher = _load_teacher(config, num_classes) if config.teacher_checkpoint else None
-    student = _load_student(config, num_classes) if config.student_checkpoint else None
+    teacher = _load(config, num_classes, "teacher") if config.teacher_checkpoint else None
+    student = _load(config, num_classes, "student") if config.student_checkpoint else None
     return _Setup(
         output_dir=output_dir,
         num_classes=num_classes,
