@@ -131,15 +131,41 @@ def fold_standalone_relus(model: keras.Model, layer_names: set[str]) -> keras.Mo
         by_name[source]["config"]["activation"] = "relu"
         config["layers"].remove(by_name[relu])
     for layer in config["layers"]:
-        for node in layer.get("inbound_nodes") or []:
-            for tensor in node:
-                tensor[0] = folded.get(tensor[0], tensor[0])
-    for output in config["output_layers"]:
-        output[0] = folded.get(output[0], output[0])
+        _rename_references(layer.get("inbound_nodes") or [], folded)
+    _rename_references(config["output_layers"], folded)
     rebuilt = keras.Model.from_config(config)
     for layer in rebuilt.layers:
         layer.set_weights(model.get_layer(layer.name).get_weights())
     return rebuilt
+
+
+def _is_reference(value: Any) -> bool:
+    """A serialised tensor reference: ``[layer_name, node_index, tensor_index, ...]``."""
+    return (
+        isinstance(value, list)
+        and len(value) >= 3
+        and isinstance(value[0], str)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:3])
+    )
+
+
+def _rename_references(value: Any, renamed: dict[str, str]) -> None:
+    """Point every tensor reference inside `value` (in place) from a layer to its new name.
+
+    Handles both layouts of a functional config: a node as a list of references (most layers)
+    and a node as one reference whose call keywords hold further references (operator layers,
+    ``TFOpLambda``: ``x * y`` is ``["x", 0, 0, {"y": ["y", 0, 0]}]``).
+    """
+    if _is_reference(value):
+        value[0] = renamed.get(value[0], value[0])
+        for rest in value[3:]:
+            _rename_references(rest, renamed)
+    elif isinstance(value, list):
+        for item in value:
+            _rename_references(item, renamed)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _rename_references(item, renamed)
 
 
 def _inbound(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
