@@ -27,7 +27,7 @@ from apprentice_tf.configs import (
     TernaryQuantizeConfig,
 )
 from apprentice_tf.distiller import Distiller, cache_teacher_logits
-from apprentice_tf.quantize import custom_objects, quantize_model, quantize_scope
+from apprentice_tf.quantize import custom_objects, quantize_apply, quantize_model, quantize_scope
 from apprentice_tf.quantizers import (
     ActivationQuantizer,
     TernaryWeightQuantizer,
@@ -57,6 +57,7 @@ __all__ = [
     "progressive",
     "pruning",
     "quantize_activation",
+    "quantize_apply",
     "quantize_model",
     "quantize_scope",
     "quantize_uniform",
