@@ -406,8 +406,9 @@ def low_precision_layer_names(
 ) -> list[str]:
     """Names of the layers `quantize_model` gives low-precision weights, in model order.
 
-    All Conv2D, DepthwiseConv2D and Dense layers, less the first conv/dense layer and the last
-    Dense layer when `keep_first_last` (Mishra & Marr keep both in full precision), less `skip`.
+    All Conv2D, DepthwiseConv2D and Dense layers, less the first conv/dense layer, the last Dense
+    layer and the conv/dense layer that produces the logits (MobileNet's final 1x1 conv) when
+    `keep_first_last` (Mishra & Marr keep first and last in full precision), less `skip`.
     """
     candidates = [layer for layer in model.layers if kernel_attribute(layer) is not None]
     skipped = set(skip)
@@ -416,7 +417,26 @@ def low_precision_layer_names(
         dense = [layer for layer in candidates if isinstance(layer, keras.layers.Dense)]
         if dense:
             skipped.add(dense[-1].name)
+        logits = _logits_layer(model)
+        if logits is not None:
+            skipped.add(logits.name)
     return [layer.name for layer in candidates if layer.name not in skipped]
+
+
+def _logits_layer(model: keras.Model) -> keras.layers.Layer | None:
+    """The conv/dense layer whose output reaches the model's (single) output through weightless
+    one-input layers (Flatten, Reshape, Activation, Dropout), e.g. MobileNet's 1x1 `conv_preds`
+    conv followed by Flatten: the last layer, kept float with `keep_first_last`."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1:
+        return None
+    layer = outputs[0]._keras_history.layer  # noqa: SLF001
+    while kernel_attribute(layer) is None:
+        inbound = _inbound(layer)
+        if len(inbound) != 1 or layer.weights or _is_function_layer(layer):
+            return None
+        layer = inbound[0]
+    return layer
 
 
 def quantize_model(

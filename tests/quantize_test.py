@@ -244,3 +244,20 @@ def test_quantize_apply_keeps_levels_in_the_file_and_round_trips_every_format(tm
 def test_quantize_apply_without_annotations_says_what_to_do():
     with pytest.raises(ValueError, match="no layer annotated.*quantize_model"):
         atf.quantize_apply(hard_swish_cnn())
+
+
+def test_a_final_conv_that_produces_the_logits_stays_float():
+    """MobileNet v1/v3 end in a 1x1 Conv2D (`conv_preds`, `Logits`) and a Flatten."""
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, name="stem")(inputs)
+    x = layers.Conv2D(8, 3, name="conv1", activation="relu")(x)
+    x = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    x = layers.Conv2D(3, 1, name="conv_preds")(x)
+    outputs = layers.Activation("linear")(layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    assert low_precision_layer_names(model) == ["conv1"]
+    assert low_precision_layer_names(model, keep_first_last=False) == [
+        "stem",
+        "conv1",
+        "conv_preds",
+    ]
