@@ -271,15 +271,13 @@ def _output_quantization_points(
     return own_output, batch_norm
 
 
-#: Layers whose output tfmot's 8-bit registry quantizes when they feed an annotated layer.
+#: Layers whose output tfmot's 8-bit registry quantizes when they feed an annotated layer
+#: (pooling is in the registry too, but `_passthrough_layers` makes it pass its input on).
 _TFMOT_OUTPUT_QUANTIZED = (
     keras.layers.Add,
     keras.layers.Concatenate,
     keras.layers.ReLU,
     keras.layers.LeakyReLU,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.UpSampling2D,
 )
 _TFMOT_QUANTIZED_ACTIVATIONS = ("relu", "relu6", "swish", "gelu")
 
@@ -290,7 +288,8 @@ def _is_linear_activation(layer: keras.layers.Layer) -> bool:
 
 def _producer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
     """The layer whose output reaches `layer`'s single input through weightless one-input layers
-    (padding, pooling, dropout, reshape: they pass their input's quantization on), or None."""
+    (padding, pooling, dropout, reshape: `_passthrough_layers` makes them pass their input's
+    quantization on), or None."""
     inbound = _inbound(layer)
     while (
         len(inbound) == 1

@@ -261,3 +261,25 @@ def test_a_final_conv_that_produces_the_logits_stays_float():
         "conv1",
         "conv_preds",
     ]
+
+
+def test_a_squeeze_excite_conv_after_pooling_a_float_activation_keeps_its_levels(tmp_path):
+    """MobileNetV3's squeeze-excite: GlobalAveragePooling of a hard-swish (operator layers) feeds
+    a 1x1 conv; pooling passes its float input on, so the conv needs an input quantizer."""
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+    gate = layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    gate = layers.Conv2D(4, 1, activation="relu", name="se_reduce")(gate)
+    gate = layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(gate)
+    x = layers.Multiply(name="excite")([x, gate])
+    x = layers.Conv2D(8, 1, activation="relu", name="project")(x)
+    outputs = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x))
+    qmodel = atf.quantize_model(keras.Model(inputs, outputs), "ternary", activation_bits=8)
+    rng = np.random.default_rng(0)
+    qmodel(rng.normal(size=(4, 8, 8, 3)).astype(np.float32), training=True)
+    path = atf.tflite.convert(qmodel, tmp_path / "se.tflite")  # verifies the levels
+    weights = atf.tflite.inspect(path)
+    for name in ("se_reduce", "project"):
+        stored = [w for w in weights if f"/quant_{name}/" in w.name]
+        assert stored and all(w.dtype == "INT8" and w.levels <= 3 for w in stored), name
