@@ -39,6 +39,7 @@ _NAMES = {
     "Distiller": "apprentice_tf.distiller",
     "cache_teacher_logits": "apprentice_tf.distiller",
     "custom_objects": "apprentice_tf.quantize",
+    "quantize_apply": "apprentice_tf.quantize",
     "quantize_model": "apprentice_tf.quantize",
     "quantize_scope": "apprentice_tf.quantize",
     "ActivationQuantizer": "apprentice_tf.quantizers",
@@ -70,7 +71,12 @@ if TYPE_CHECKING:  # static analysers see the eager imports
         TernaryQuantizeConfig,
     )
     from apprentice_tf.distiller import Distiller, cache_teacher_logits  # noqa: F401
-    from apprentice_tf.quantize import custom_objects, quantize_model, quantize_scope  # noqa: F401
+    from apprentice_tf.quantize import (  # noqa: F401
+        custom_objects,
+        quantize_apply,
+        quantize_model,
+        quantize_scope,
+    )
     from apprentice_tf.quantizers import (  # noqa: F401
         ActivationQuantizer,
         TernaryWeightQuantizer,
@@ -117,6 +123,7 @@ __all__ = [
     "progressive",
     "pruning",
     "quantize_activation",
+    "quantize_apply",
     "quantize_model",
     "quantize_scope",
     "quantize_uniform",

@@ -132,6 +132,8 @@ class _WeightQuantizeConfig(SettingsEquality, _QuantizeConfig):
             layer.activation = quantize_activations[0]
 
     def get_output_quantizers(self, layer: keras.layers.Layer) -> list:
+        if self.quantize_output and _is_linear(layer.activation):
+            return [ActivationQuantizer(self.activation_bits)]
         return []
 
 

@@ -96,18 +96,35 @@ def _logits_shape(model: keras.Model, argument: str) -> tf.TensorShape | None:
     return shape
 
 
+def _softmax_in(layer: keras.layers.Layer) -> str | None:
+    """How `layer` applies a softmax, or None: a Softmax layer, ``activation="softmax"``, or a
+    TensorFlow call recorded as an operator layer (``tf.nn.softmax(x)``)."""
+    layer = getattr(layer, "layer", layer)  # look inside a tfmot QuantizeWrapper
+    if isinstance(layer, keras.layers.Softmax):
+        return "a Softmax layer"
+    if getattr(getattr(layer, "activation", None), "__name__", "") == "softmax":
+        return 'activation="softmax"'
+    symbol = str(getattr(layer, "symbol", ""))  # TFOpLambda: "nn.softmax", "math.softmax"
+    if type(layer).__name__ == "TFOpLambda" and symbol.split(".")[-1] == "softmax":
+        return f"tf.{symbol}"
+    return None
+
+
 def _check_logits_output(model: keras.Model, argument: str) -> None:
-    """Refuse a model whose last layer applies softmax: the losses expect logits."""
-    layers = getattr(model, "layers", None)
-    if not layers:
+    """Refuse a model whose output is a softmax, however written: the losses expect logits."""
+    outputs = getattr(model, "outputs", None)
+    if outputs:
+        last = outputs[0]._keras_history.layer  # noqa: SLF001
+    elif getattr(model, "layers", None):
+        last = model.layers[-1]
+    else:
         return
-    last = getattr(layers[-1], "layer", layers[-1])  # look inside a tfmot QuantizeWrapper
-    activation = getattr(last, "activation", None)
-    if isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
+    how = _softmax_in(last)
+    if how is not None:
         raise ValueError(
-            f"Distiller: `{argument}` ends with a softmax (layer '{layers[-1].name}'); the "
-            "distillation losses need logits. Remove the softmax (use activation=None on the "
-            "last layer)."
+            f"Distiller: `{argument}` ends with a softmax ({how}, layer '{last.name}'); the "
+            "distillation losses need logits. Remove the softmax (activation=None on the last "
+            "layer, no Softmax layer or tf.nn.softmax call after it)."
         )
 
 
@@ -118,6 +135,34 @@ def _sparse_labels(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     if labels.shape.rank == logits.shape.rank:
         return tf.squeeze(labels, axis=-1)
     return labels
+
+
+def _weighted(terms: dict[str, tf.Tensor], weights: tf.Tensor | None) -> dict[str, tf.Tensor]:
+    """Each per-example term multiplied by its example's weight w_i (unchanged without)."""
+    if weights is None:
+        return terms
+    return {name: term * weights for name, term in terms.items()}
+
+
+def _class_weight_table(class_weight: Any) -> tf.Tensor | None:
+    """{class id: weight} as a vector indexed by class id; classes not listed weigh 1."""
+    if class_weight is None:
+        return None
+    if not isinstance(class_weight, dict) or not class_weight:
+        raise ValueError(
+            "Distiller.fit: `class_weight` must be a non-empty dict {class id: weight}, "
+            f"received {class_weight!r}."
+        )
+    for key, value in class_weight.items():
+        if isinstance(key, bool) or not isinstance(key, numbers.Integral) or key < 0:
+            raise ValueError(
+                f"Distiller.fit: `class_weight` keys must be class ids >= 0, received {key!r}."
+            )
+        _check_weight(f"class_weight[{key}]", value)
+    table = np.ones(max(int(k) for k in class_weight) + 1, np.float32)
+    for key, value in class_weight.items():
+        table[int(key)] = value
+    return tf.constant(table)
 
 
 def _global_batch_size(x: Any) -> tf.Tensor:
@@ -156,13 +201,17 @@ class Distiller(keras.Model):
     ignored. The γ term trains only the student: the teacher's logits are stop-gradient.
 
     Data: ``fit`` takes ``(x, y)`` batches, or ``(x, y, teacher_logits)`` batches from
-    `cache_teacher_logits`, in which case the teacher is not run (and may be None). A third
-    element is always teacher logits: sample weights are not supported.
+    `cache_teacher_logits`, in which case the teacher is not run (and may be None). Per-example
+    weights w_i: ``(x, y, w)`` (a third element of shape (batch,) is a weight, of shape
+    (batch, classes) teacher logits), ``(x, y, teacher_logits, w)``, ``sample_weight=`` and
+    ``fit(class_weight=...)``; each example's terms are multiplied by w_i and the loss is
+    Σ_i w_i·L_i / N (Keras's reduction).
 
     Logged metrics: ``loss`` (the weighted sum above, plus regularization losses),
     ``student_ce`` = H(y, p_A), ``distillation`` = τ²·H(p_T(τ), p_A(τ)), the compiled metrics
     (e.g. ``accuracy``) on the student's logits, and, in scheme A (or when evaluating with a
-    teacher), ``teacher_ce`` = H(y, p_T) and ``teacher_accuracy``. Terms are unweighted.
+    teacher), ``teacher_ce`` = H(y, p_T) and ``teacher_accuracy``. Terms are not multiplied
+    by α, β, γ; with example weights they are Σ_i w_i·term_i / N.
 
     Attributes:
       student: the network being distilled; save ``d.student`` for deployment.
@@ -308,6 +357,7 @@ class Distiller(keras.Model):
         # default ("auto" = "sum" off TPU) would add up the workers' copies under
         # MultiWorkerMirroredStrategy.
         self.distribute_reduction_method = "first"
+        self._class_weights: tf.Tensor | None = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.student_ce_tracker = keras.metrics.Mean(name="student_ce")
         self.distillation_tracker = keras.metrics.Mean(name="distillation")
@@ -397,8 +447,26 @@ class Distiller(keras.Model):
     # ----------------------------------------------------------------------------------------
     # Steps
 
-    def _unpack(self, data: Any) -> tuple[Any, Any, tf.Tensor | None]:
-        x, y, cached = keras.utils.unpack_x_y_sample_weight(data)
+    def _unpack(self, data: Any) -> tuple[Any, Any, tf.Tensor | None, tf.Tensor | None]:
+        """(x, y, cached teacher logits or None, sample weights or None) of one batch."""
+        if isinstance(data, tuple) and len(data) == 4:
+            x, y, cached, weights = data
+        else:
+            x, y, third = keras.utils.unpack_x_y_sample_weight(data)
+            cached = weights = None
+            if third is not None:
+                third = tf.convert_to_tensor(third)
+                if third.shape.rank == 2 and third.shape[-1] != 1:
+                    cached = third
+                elif third.shape.rank in (1, 2):
+                    weights = third
+                else:
+                    raise ValueError(
+                        "Distiller: the third element of each batch must be teacher logits of "
+                        "shape (batch, classes) or sample weights of shape (batch,), received "
+                        f"shape {third.shape}. Yield (x, y, teacher_logits, sample_weight) for "
+                        "both."
+                    )
         if y is None and (self.beta > 0 or self.train_teacher):
             raise ValueError(
                 "Distiller: the data has no labels, but beta > 0 (student label loss) or "
@@ -409,9 +477,8 @@ class Distiller(keras.Model):
             cached = tf.convert_to_tensor(cached)
             if cached.shape.rank != 2:
                 raise ValueError(
-                    "Distiller: the third element of each batch must be teacher logits of shape "
-                    f"(batch, classes), received shape {cached.shape}. Distiller does not take "
-                    "sample weights."
+                    "Distiller: teacher logits must have shape (batch, classes), received shape "
+                    f"{cached.shape}."
                 )
             if self.train_teacher:
                 raise ValueError(
@@ -419,7 +486,23 @@ class Distiller(keras.Model):
                     "come from a frozen teacher (scheme B/C), joint training (A) needs live ones."
                 )
             cached = tf.stop_gradient(tf.cast(cached, tf.float32))
-        return x, y, cached
+        if weights is not None:
+            weights = tf.reshape(tf.cast(weights, tf.float32), [-1])
+        return x, y, cached, weights
+
+    def _example_weights(
+        self, y: Any, logits: tf.Tensor, weights: tf.Tensor | None, training: bool
+    ) -> tf.Tensor | None:
+        """w_i = sample_weight_i · class_weight[y_i] (``fit``'s class_weight, training only)."""
+        table = self._class_weights if training else None
+        if table is None:
+            return weights
+        if y is None:
+            raise ValueError("Distiller.fit: `class_weight` needs labels; the data has none.")
+        labels = tf.cast(_sparse_labels(tf.convert_to_tensor(y), logits), tf.int32)
+        listed = labels < tf.size(table)
+        by_class = tf.where(listed, tf.gather(table, tf.where(listed, labels, 0)), 1.0)
+        return by_class if weights is None else weights * by_class
 
     def _terms(
         self, x: Any, y: Any, cached: tf.Tensor | None, training: bool
@@ -477,6 +560,7 @@ class Distiller(keras.Model):
         student_logits: tf.Tensor,
         terms: dict[str, tf.Tensor],
         total: tf.Tensor,
+        weights: tf.Tensor | None = None,
     ) -> dict[str, tf.Tensor]:
         self.loss_tracker.update_state(total)
         trackers = [self.loss_tracker]
@@ -492,7 +576,7 @@ class Distiller(keras.Model):
             trackers.append(self.teacher_accuracy)
         logs = {tracker.name: tracker.result() for tracker in trackers}
         if y is not None and self.compiled_metrics is not None:
-            self.compiled_metrics.update_state(y, student_logits)
+            self.compiled_metrics.update_state(y, student_logits, weights)
             for metric in self.compiled_metrics.metrics:
                 result = metric.result()
                 if isinstance(result, dict):
@@ -500,6 +584,26 @@ class Distiller(keras.Model):
                 else:
                     logs[metric.name] = result
         return logs
+
+    def fit(self, *args: Any, class_weight: dict | None = None, **kwargs: Any) -> Any:
+        """Keras's `fit`; ``class_weight`` {class id: weight} weighs every loss term.
+
+        Each example's terms (β·H(y, p_A), γ·τ²·H(p_T(τ), p_A(τ)) and, in scheme A,
+        α·H(y, p_T)) are multiplied by w_i = sample_weight_i · class_weight[y_i] (classes not
+        listed weigh 1); the loss is Σ_i w_i·L_i / N over the N examples of the batch, as Keras's
+        own losses reduce. Sample weights come as ``sample_weight=`` with arrays, or as the
+        last element of ``(x, y, w)`` or ``(x, y, teacher_logits, w)`` batches.
+        """
+        table = _class_weight_table(class_weight)
+        if table is not None or self._class_weights is not None:
+            self.train_function = None  # the traced step reads the table
+        self._class_weights = table
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            if table is not None:
+                self._class_weights = None
+                self.train_function = None
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         """One optimizer step for the student (and, in scheme A, the teacher).
@@ -509,10 +613,12 @@ class Distiller(keras.Model):
         ``optimizer``; in scheme A, loss_T = Σ_i α·H(y_i, p_T)_i / global_batch updates the
         teacher with ``teacher_optimizer``, from the same forward pass (teacher in training mode).
         """
-        x, y, cached = self._unpack(data)
+        x, y, cached, weights = self._unpack(data)
         global_batch = _global_batch_size(x)
         with tf.GradientTape(persistent=True) as tape:
             student_logits, terms = self._terms(x, y, cached, training=True)
+            weights = self._example_weights(y, student_logits, weights, training=True)
+            terms = _weighted(terms, weights)
             student_per_example = self._student_per_example(terms)
             # Weight penalties are the same on every replica: each adds its 1/replicas share.
             penalty = _regularization(self.student)
@@ -533,16 +639,17 @@ class Distiller(keras.Model):
             )
             total += teacher_per_example + teacher_penalty
         del tape
-        return self._logs(y, student_logits, terms, total)
+        return self._logs(y, student_logits, terms, total, weights)
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         """Evaluate the student (and the teacher, if there is one) in inference mode."""
-        x, y, cached = self._unpack(data)
+        x, y, cached, weights = self._unpack(data)
         student_logits, terms = self._terms(x, y, cached, training=False)
+        terms = _weighted(terms, weights)
         total = self._student_per_example(terms) + _regularization(self.student)
         if self.train_teacher and "teacher_ce" in terms:
             total += self.alpha * terms["teacher_ce"] + _regularization(self.teacher)
-        return self._logs(y, student_logits, terms, total)
+        return self._logs(y, student_logits, terms, total, weights)
 
     # ----------------------------------------------------------------------------------------
     # Serialization and construction

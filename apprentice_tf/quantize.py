@@ -15,6 +15,12 @@ from typing import Any
 
 import tensorflow_model_optimization as tfmot
 
+# tfmot's input-quantization layer (the one `quantize_apply` puts after a model's inputs); tfmot
+# registers it in `quantize_scope` but does not export it.
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+    QuantizeLayer,
+)
+
 from apprentice_tf.compat import check_keras_object, keras, tf
 from apprentice_tf.configs import (
     ActivationQuantizeConfig,
@@ -22,6 +28,7 @@ from apprentice_tf.configs import (
     NoOpQuantizeConfig,
     TernaryQuantizeConfig,
     _DepthwiseKernel,
+    _WeightQuantizeConfig,
     kernel_attribute,
 )
 from apprentice_tf.quantizers import (
@@ -30,7 +37,14 @@ from apprentice_tf.quantizers import (
     UniformWeightQuantizer,
 )
 
-__all__ = ["quantize_model", "quantize_scope", "custom_objects", "WEIGHT_BITS", "ACTIVATION_BITS"]
+__all__ = [
+    "quantize_model",
+    "quantize_apply",
+    "quantize_scope",
+    "custom_objects",
+    "WEIGHT_BITS",
+    "ACTIVATION_BITS",
+]
 
 WEIGHT_BITS = ("ternary", 2, 4, 8)
 ACTIVATION_BITS = (8, 4, None)
@@ -131,15 +145,41 @@ def fold_standalone_relus(model: keras.Model, layer_names: set[str]) -> keras.Mo
         by_name[source]["config"]["activation"] = "relu"
         config["layers"].remove(by_name[relu])
     for layer in config["layers"]:
-        for node in layer.get("inbound_nodes") or []:
-            for tensor in node:
-                tensor[0] = folded.get(tensor[0], tensor[0])
-    for output in config["output_layers"]:
-        output[0] = folded.get(output[0], output[0])
+        _rename_references(layer.get("inbound_nodes") or [], folded)
+    _rename_references(config["output_layers"], folded)
     rebuilt = keras.Model.from_config(config)
     for layer in rebuilt.layers:
         layer.set_weights(model.get_layer(layer.name).get_weights())
     return rebuilt
+
+
+def _is_reference(value: Any) -> bool:
+    """A serialised tensor reference: ``[layer_name, node_index, tensor_index, ...]``."""
+    return (
+        isinstance(value, list)
+        and len(value) >= 3
+        and isinstance(value[0], str)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:3])
+    )
+
+
+def _rename_references(value: Any, renamed: dict[str, str]) -> None:
+    """Point every tensor reference inside `value` (in place) from a layer to its new name.
+
+    Handles both layouts of a functional config: a node as a list of references (most layers)
+    and a node as one reference whose call keywords hold further references (operator layers,
+    ``TFOpLambda``: ``x * y`` is ``["x", 0, 0, {"y": ["y", 0, 0]}]``).
+    """
+    if _is_reference(value):
+        value[0] = renamed.get(value[0], value[0])
+        for rest in value[3:]:
+            _rename_references(rest, renamed)
+    elif isinstance(value, list):
+        for item in value:
+            _rename_references(item, renamed)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _rename_references(item, renamed)
 
 
 def _inbound(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -180,12 +220,23 @@ def _passthrough_layers(model: keras.Model, annotated: set[str]) -> set[str]:
             len(inbound) == 1
             and inbound[0].name not in annotated | marked
             and not isinstance(inbound[0], keras.layers.InputLayer)
+            and not _is_function_layer(inbound[0])
             and not inbound[0].weights
             and len(_inbound(inbound[0])) == 1
         ):
             marked.add(inbound[0].name)
             inbound = _inbound(inbound[0])
     return marked
+
+
+#: Layers that wrap a function rather than a Keras op: `Lambda`, and the operator layers Keras
+#: records for TensorFlow calls on symbolic tensors (``x + 3.0``, ``tf.nn.relu6(x)``, ``x[:, 0]``).
+FUNCTION_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+
+
+def _is_function_layer(layer: keras.layers.Layer) -> bool:
+    """True for a `FUNCTION_LAYERS` layer: tfmot cannot wrap one (its call takes any arguments)."""
+    return type(layer).__name__ in FUNCTION_LAYERS
 
 
 def _consumers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -220,6 +271,122 @@ def _output_quantization_points(
     return own_output, batch_norm
 
 
+#: Layers whose output tfmot's 8-bit registry quantizes when they feed an annotated layer
+#: (pooling is in the registry too, but `_passthrough_layers` makes it pass its input on).
+_TFMOT_OUTPUT_QUANTIZED = (
+    keras.layers.Add,
+    keras.layers.Concatenate,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+)
+_TFMOT_QUANTIZED_ACTIVATIONS = ("relu", "relu6", "swish", "gelu")
+
+
+def _is_linear_activation(layer: keras.layers.Layer) -> bool:
+    return getattr(getattr(layer, "activation", None), "__name__", "linear") == "linear"
+
+
+def _producer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+    """The layer whose output reaches `layer`'s single input through weightless one-input layers
+    (padding, pooling, dropout, reshape: `_passthrough_layers` makes them pass their input's
+    quantization on), or None."""
+    inbound = _inbound(layer)
+    while (
+        len(inbound) == 1
+        and not isinstance(inbound[0], keras.layers.InputLayer)
+        and not _is_function_layer(inbound[0])
+        and not inbound[0].weights
+        and len(_inbound(inbound[0])) == 1
+        and not isinstance(inbound[0], (*_TFMOT_OUTPUT_QUANTIZED, keras.layers.Activation))
+    ):
+        inbound = _inbound(inbound[0])
+    return inbound[0] if len(inbound) == 1 else None
+
+
+def _unquantized_inputs(
+    model: keras.Model, low_precision: set[str], quantized: set[str]
+) -> set[str]:
+    """Low-precision layers whose input would reach TFLite as float.
+
+    The converter keeps a FakeQuant kernel as integers only in an op whose input and output are
+    quantized. An input is quantized when its producer is an input layer (tfmot quantizes it),
+    one of `quantized` (our ReLU, BatchNormalization and output quantizers), or a layer tfmot's
+    registry gives an output quantizer (Add, Concatenate, average pooling, ReLU-type and swish
+    activations). Anything else (operator layers such as ``x * relu6(x + 3) / 6``, Multiply of
+    a squeeze-excite gate, a sigmoid) leaves it float: these layers get an input quantizer.
+    """
+    needing: set[str] = set()
+    for name in low_precision:
+        producer = _producer(model.get_layer(name))
+        if producer is None or isinstance(producer, keras.layers.InputLayer):
+            continue
+        if producer.name in quantized or isinstance(producer, _TFMOT_OUTPUT_QUANTIZED):
+            continue
+        activation = getattr(producer, "activation", None)
+        if getattr(activation, "__name__", "") in _TFMOT_QUANTIZED_ACTIVATIONS:
+            continue
+        needing.add(name)
+    return needing
+
+
+def add_input_quantizers(model: keras.Model, layer_names: set[str], num_bits: int) -> keras.Model:
+    """Return `model` with a tfmot ``QuantizeLayer(ActivationQuantizer(num_bits))`` before each
+    layer in `layer_names` (its only input), named ``<layer>_input_quant``.
+
+    The quantizer tracks the input's range [min, max] by a moving average and rounds it to
+    2^num_bits levels, so TFLite sees an integer input and keeps the layer's kernel as integers.
+    Returns `model` itself when `layer_names` is empty.
+    """
+    if not layer_names:
+        return model
+    config = model.get_config()
+    layers_config = config["layers"]
+    for name in sorted(layer_names):
+        index = next(i for i, layer in enumerate(layers_config) if layer["name"] == name)
+        target = layers_config[index]
+        (reference,) = target["inbound_nodes"][0]
+        quantizer_name = f"{name}_input_quant"
+        layer = QuantizeLayer(ActivationQuantizer(num_bits), name=quantizer_name)
+        layers_config.insert(
+            index,
+            {
+                "class_name": "QuantizeLayer",
+                "config": layer.get_config(),
+                "name": quantizer_name,
+                "inbound_nodes": [[list(reference)]],
+            },
+        )
+        target["inbound_nodes"][0] = [[quantizer_name, 0, 0, {}]]
+    with quantize_scope():
+        rebuilt = keras.Model.from_config(config)
+    for layer in rebuilt.layers:
+        if (
+            not layer.name.endswith("_input_quant")
+            or layer.name[: -len("_input_quant")] not in layer_names
+        ):
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return rebuilt
+
+
+def _check_rebuildable(model: keras.Model, function: str) -> None:
+    """Refuse, naming the layer, a `Lambda` layer holding Python bytecode.
+
+    Quantization rebuilds the model from its config, and Keras's safe mode refuses to
+    deserialize a Lambda whose function is stored as bytecode (a Python ``lambda`` or a local
+    function), so tfmot would fail later with advice that does not apply to tf_keras.
+    """
+    for layer in model.layers:
+        if type(layer).__name__ == "Lambda" and layer.get_config().get("function_type") == "lambda":
+            raise ValueError(
+                f"{function}: layer '{layer.name}' is a Lambda layer holding Python code, which "
+                "Keras refuses to rebuild from a config (safe mode), and quantization rebuilds "
+                "the model. Fix: write the computation as TensorFlow calls on the tensor "
+                "(`tf.nn.relu6(x) * 0.5`: Keras records them as operator layers, which stay "
+                "float while the layers around them are quantized), or as a custom layer "
+                "registered with `@keras.utils.register_keras_serializable()`."
+            )
+
+
 def _check_bits(weight_bits: Any, activation_bits: Any) -> None:
     if isinstance(weight_bits, bool) or weight_bits not in WEIGHT_BITS:
         raise ValueError(
@@ -238,8 +405,9 @@ def low_precision_layer_names(
 ) -> list[str]:
     """Names of the layers `quantize_model` gives low-precision weights, in model order.
 
-    All Conv2D, DepthwiseConv2D and Dense layers, less the first conv/dense layer and the last
-    Dense layer when `keep_first_last` (Mishra & Marr keep both in full precision), less `skip`.
+    All Conv2D, DepthwiseConv2D and Dense layers, less the first conv/dense layer, the last Dense
+    layer and the conv/dense layer that produces the logits (MobileNet's final 1x1 conv) when
+    `keep_first_last` (Mishra & Marr keep first and last in full precision), less `skip`.
     """
     candidates = [layer for layer in model.layers if kernel_attribute(layer) is not None]
     skipped = set(skip)
@@ -248,7 +416,26 @@ def low_precision_layer_names(
         dense = [layer for layer in candidates if isinstance(layer, keras.layers.Dense)]
         if dense:
             skipped.add(dense[-1].name)
+        logits = _logits_layer(model)
+        if logits is not None:
+            skipped.add(logits.name)
     return [layer.name for layer in candidates if layer.name not in skipped]
+
+
+def _logits_layer(model: keras.Model) -> keras.layers.Layer | None:
+    """The conv/dense layer whose output reaches the model's (single) output through weightless
+    one-input layers (Flatten, Reshape, Activation, Dropout), e.g. MobileNet's 1x1 `conv_preds`
+    conv followed by Flatten: the last layer, kept float with `keep_first_last`."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1:
+        return None
+    layer = outputs[0]._keras_history.layer  # noqa: SLF001
+    while kernel_attribute(layer) is None:
+        inbound = _inbound(layer)
+        if len(inbound) != 1 or layer.weights or _is_function_layer(layer):
+            return None
+        layer = inbound[0]
+    return layer
 
 
 def quantize_model(
@@ -284,6 +471,7 @@ def quantize_model(
     """
     _check_bits(weight_bits, activation_bits)
     check_keras_object(model, "model")
+    _check_rebuildable(model, "quantize_model")
     skip = tuple(skip) if not isinstance(skip, str) else (skip,)
     names = {layer.name for layer in model.layers}
     unknown = [name for name in skip if name not in names]
@@ -311,27 +499,58 @@ def quantize_model(
                 "Start it with `keras.Input(shape=...)` or build it first."
             )
         model = keras.Model(model.inputs, model.outputs, name=model.name)
+    configs = {name: _weight_config(weight_bits, activation_bits, False) for name in low_precision}
+    return _apply_export_transforms(model, configs, activation_bits)
+
+
+def _apply_export_transforms(
+    model: keras.Model, configs: dict[str, Any], activation_bits: int | None
+) -> keras.Model:
+    """Annotate `model` for export-preserving quantization and build it with tfmot.
+
+    `configs` maps layer names to their QuantizeConfig; those holding a
+    `TernaryQuantizeConfig`/`NBitQuantizeConfig` are the low-precision layers. Around them, as
+    `quantize_model` documents: standalone ReLUs folded into the layer, output quantizers where
+    TFLite needs them (`_output_quantization_points`), ReLUs and those BatchNormalizations
+    quantized to `activation_bits`, input quantizers where the input would stay float
+    (`_unquantized_inputs`), and pass-through layers marked so they keep their input's
+    quantization. A layer named in `configs` keeps the config given there.
+    """
+    low_precision = {
+        name for name, config in configs.items() if isinstance(config, _WeightQuantizeConfig)
+    }
     model = fold_standalone_relus(model, low_precision)
     own_output, batch_norm = _output_quantization_points(model, low_precision)
     no_op: set[str] = set()
     if activation_bits is not None:
-        no_op = _adds_before_relus(model)
         relus = {layer.name for layer in model.layers if _is_relu(layer)}
-        no_op |= _passthrough_layers(model, low_precision | relus | batch_norm | no_op)
+        quantized = own_output | batch_norm | relus | set(configs)
+        quantized |= {
+            name for name in low_precision if not _is_linear_activation(model.get_layer(name))
+        }
+        model = add_input_quantizers(
+            model, _unquantized_inputs(model, low_precision, quantized), activation_bits
+        )
+        no_op = _adds_before_relus(model) - set(configs)
+        no_op |= _passthrough_layers(model, set(configs) | relus | batch_norm | no_op)
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
     def annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         clone = layer.__class__.from_config(layer.get_config())
-        if layer.name in low_precision:
-            config = _weight_config(weight_bits, activation_bits, layer.name in own_output)
-            return annotate(clone, quantize_config=config)
+        if layer.name in low_precision and layer.name in own_output:
+            config = configs[layer.name]
+            with_output = type(config).from_config({**config.get_config(), "quantize_output": True})
+            return annotate(clone, quantize_config=with_output)
+        if layer.name in configs:
+            return annotate(clone, quantize_config=configs[layer.name])
         if activation_bits is not None and (_is_relu(layer) or layer.name in batch_norm):
             return annotate(clone, quantize_config=ActivationQuantizeConfig(activation_bits))
         if layer.name in no_op:
             return annotate(clone, quantize_config=NoOpQuantizeConfig())
         return clone
 
-    annotated = keras.models.clone_model(model, clone_function=annotate_layer)
+    with quantize_scope():
+        annotated = keras.models.clone_model(model, clone_function=annotate_layer)
     for source, target in zip(model.layers, annotated.layers, strict=True):
         getattr(target, "layer", target).set_weights(source.get_weights())
     with quantize_scope():
@@ -339,6 +558,73 @@ def quantize_model(
     _deduplicate_tracked_weights(quantized)
     refresh_weight_ranges(quantized)
     return quantized
+
+
+def _is_annotation(layer: keras.layers.Layer) -> bool:
+    """True for tfmot's `quantize_annotate_layer` wrapper (its class is not exported)."""
+    return type(layer).__name__ == "QuantizeAnnotate" and hasattr(layer, "quantize_config")
+
+
+def quantize_apply(model: keras.Model) -> keras.Model:
+    """tfmot's ``quantize_apply`` for a model annotated with our configs, export-ready.
+
+    Annotate as tfmot's guide teaches for custom configs, then call this instead of
+    ``tfmot.quantization.keras.quantize_apply``::
+
+        annotate = tfmot.quantization.keras.quantize_annotate_layer
+        conv = annotate(keras.layers.Conv2D(16, 3), atf.TernaryQuantizeConfig())
+        ...
+        with atf.quantize_scope():
+            qat = atf.quantize_apply(keras.Model(inputs, outputs))
+
+    Each layer annotated with `TernaryQuantizeConfig` or `NBitQuantizeConfig` gets ternary
+    {−α_c, 0, +α_c} or symmetric k-bit kernels (as in `quantize_model`), and the model gets the
+    same export-preserving changes as `quantize_model`: a standalone ReLU after such a layer is
+    folded into it; BatchNormalization, ReLUs, pass-through layers and float inputs around it
+    are quantized to the configs' ``activation_bits`` (the largest, if they differ) without
+    being annotated by hand, so that the TFLite file keeps the low-precision levels. Other
+    annotations (e.g. `ActivationQuantizeConfig`, tfmot's own configs) are kept as given. The
+    result saves and loads through .keras, .h5 and SavedModel inside `quantize_scope()`.
+
+    Args:
+      model: a functional or Sequential tf_keras model with `quantize_annotate_layer` layers.
+
+    Returns:
+      A new quantization-aware model; `model` is untouched.
+
+    Raises:
+      ValueError: a model that is not tf_keras, has no annotated layer, or holds a Lambda
+        layer with Python code.
+    """
+    check_keras_object(model, "model")
+    if isinstance(model, keras.Sequential):
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    configs: dict[str, Any] = {}
+
+    def unwrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if _is_annotation(layer):
+            configs[layer.layer.name] = layer.quantize_config
+            return layer.layer.__class__.from_config(layer.layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    with quantize_scope():
+        plain = keras.models.clone_model(model, clone_function=unwrap)
+    for source, target in zip(model.layers, plain.layers, strict=True):
+        target.set_weights(getattr(source, "layer", source).get_weights())
+    if not configs:
+        raise ValueError(
+            f"quantize_apply: model '{model.name}' has no layer annotated with "
+            "tfmot.quantization.keras.quantize_annotate_layer; annotate the layers to quantize "
+            "(with atf.TernaryQuantizeConfig() or atf.NBitQuantizeConfig()), or call "
+            "atf.quantize_model(model) to quantize every conv and dense layer."
+        )
+    _check_rebuildable(plain, "quantize_apply")
+    widths = [
+        config.activation_bits
+        for config in configs.values()
+        if isinstance(config, _WeightQuantizeConfig) and config.activation_bits is not None
+    ]
+    return _apply_export_transforms(plain, configs, max(widths) if widths else None)
 
 
 def _deduplicate_tracked_weights(model: keras.Model) -> None:

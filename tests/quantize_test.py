@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import tensorflow_model_optimization as tfmot
 from conftest import tiny_cnn
 
 import apprentice_tf as atf
-from apprentice_tf.compat import keras
+from apprentice_tf.compat import keras, tf
 from apprentice_tf.quantize import low_precision_layer_names
 
 layers = keras.layers
@@ -147,3 +148,138 @@ def only_first_and_last():
 def test_bad_input_raises_before_building(make_model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         atf.quantize_model(make_model(), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Operator layers (TFOpLambda) and Lambda layers
+
+
+def hard_swish_cnn():
+    """MobileNetV3's hard-swish written with TensorFlow calls, which Keras records as operator
+    layers (TFOpLambda): ``x * relu6(x + 3) / 6``, and a gate ``x * y`` of two tensors."""
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = layers.BatchNormalization(name="bn0")(x)
+    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+    x = layers.Conv2D(8, 3, padding="same", name="conv1")(x)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(6.0, name="relu1")(x + 3.0)
+    x = layers.Conv2D(8, 1, name="conv2", activation="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, layers.Dense(3, name="logits")(x))
+
+
+def test_operator_layers_stay_float_and_the_convs_keep_their_levels_in_the_file(tmp_path):
+    model = hard_swish_cnn()
+    assert {type(layer).__name__ for layer in model.layers} >= {"TFOpLambda"}
+    qmodel = atf.quantize_model(model, "ternary", activation_bits=8)
+    assert sorted(name for name in wrapped(qmodel) if name.startswith("conv")) == [
+        "conv1",
+        "conv2",
+    ]
+    assert not any(name.startswith("tf.") for name in wrapped(qmodel))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 8, 8, 3)).astype(np.float32)
+    qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qmodel.fit(x, rng.integers(0, 3, 8), epochs=1, verbose=0)
+    path = atf.tflite.convert(qmodel, tmp_path / "hard_swish.tflite")  # verifies the levels
+    stored = {
+        name: [w for w in atf.tflite.inspect(path) if f"/quant_{name}/" in w.name]
+        for name in ("conv1", "conv2")
+    }
+    for name, tensors in stored.items():
+        assert tensors and all(w.dtype == "INT8" and w.levels <= 3 for w in tensors), name
+
+
+def test_a_lambda_layer_with_python_code_is_refused_naming_the_layer():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, name="stem")(inputs)
+    x = layers.Lambda(lambda t: t * 0.5, name="halve")(x)
+    x = layers.Conv2D(4, 3, name="conv1")(x)
+    outputs = layers.Dense(3)(layers.GlobalAveragePooling2D()(x))
+    with pytest.raises(ValueError, match=r"'halve' is a Lambda layer.*tf\.nn\.relu6\(x\)"):
+        atf.quantize_model(keras.Model(inputs, outputs))
+
+
+# ------------------------------------------------------------------------------------------------
+# quantize_apply: tfmot's annotate/apply route with our configs
+
+
+def annotated_cnn():
+    """Only the two convs annotated, as tfmot's guide teaches; BatchNorm and ReLU left alone."""
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = layers.ReLU(name="relu0")(x)
+    x = annotate(layers.Conv2D(8, 3, padding="same", name="conv1"), atf.TernaryQuantizeConfig())(x)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = annotate(layers.Conv2D(8, 1, name="conv2"), atf.NBitQuantizeConfig(num_bits=4))(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, layers.Dense(3, name="logits")(x))
+
+
+def test_quantize_apply_keeps_levels_in_the_file_and_round_trips_every_format(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 8, 8, 3)).astype(np.float32)
+    with atf.quantize_scope():
+        qmodel = atf.quantize_apply(annotated_cnn())
+    assert isinstance(wrapped(qmodel)["bn2"].quantize_config, atf.ActivationQuantizeConfig)
+    qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qmodel.fit(x, rng.integers(0, 3, 8), epochs=1, verbose=0)
+    path = atf.tflite.convert(qmodel, tmp_path / "annotated.tflite")  # verifies the levels
+    weights = atf.tflite.inspect(path)
+    for name, limit in (("conv1", 3), ("conv2", 15)):
+        stored = [w for w in weights if f"/quant_{name}/" in w.name]
+        assert stored and all(w.dtype == "INT8" and w.levels <= limit for w in stored), name
+    expected = qmodel.predict(x, verbose=0)
+    for saved in ("m.keras", "m.h5", "saved_model"):
+        qmodel.save(tmp_path / saved)
+        with atf.quantize_scope():
+            loaded = keras.models.load_model(tmp_path / saved)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5, err_msg=saved)
+
+
+def test_quantize_apply_without_annotations_says_what_to_do():
+    with pytest.raises(ValueError, match="no layer annotated.*quantize_model"):
+        atf.quantize_apply(hard_swish_cnn())
+
+
+def test_a_final_conv_that_produces_the_logits_stays_float():
+    """MobileNet v1/v3 end in a 1x1 Conv2D (`conv_preds`, `Logits`) and a Flatten."""
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, name="stem")(inputs)
+    x = layers.Conv2D(8, 3, name="conv1", activation="relu")(x)
+    x = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    x = layers.Conv2D(3, 1, name="conv_preds")(x)
+    outputs = layers.Activation("linear")(layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    assert low_precision_layer_names(model) == ["conv1"]
+    assert low_precision_layer_names(model, keep_first_last=False) == [
+        "stem",
+        "conv1",
+        "conv_preds",
+    ]
+
+
+def test_a_squeeze_excite_conv_after_pooling_a_float_activation_keeps_its_levels(tmp_path):
+    """MobileNetV3's squeeze-excite: GlobalAveragePooling of a hard-swish (operator layers) feeds
+    a 1x1 conv; pooling passes its float input on, so the conv needs an input quantizer."""
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+    gate = layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    gate = layers.Conv2D(4, 1, activation="relu", name="se_reduce")(gate)
+    gate = layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(gate)
+    x = layers.Multiply(name="excite")([x, gate])
+    x = layers.Conv2D(8, 1, activation="relu", name="project")(x)
+    outputs = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x))
+    qmodel = atf.quantize_model(keras.Model(inputs, outputs), "ternary", activation_bits=8)
+    rng = np.random.default_rng(0)
+    qmodel(rng.normal(size=(4, 8, 8, 3)).astype(np.float32), training=True)
+    path = atf.tflite.convert(qmodel, tmp_path / "se.tflite")  # verifies the levels
+    weights = atf.tflite.inspect(path)
+    for name in ("se_reduce", "project"):
+        stored = [w for w in weights if f"/quant_{name}/" in w.name]
+        assert stored and all(w.dtype == "INT8" and w.levels <= 3 for w in stored), name
