@@ -320,9 +320,14 @@ class AttentionDistiller(Distiller):
         return super()._student_per_example(terms) + terms["attention"]
 
     def _logs(
-        self, y: Any, student_logits: tf.Tensor, terms: dict[str, tf.Tensor], total: tf.Tensor
+        self,
+        y: Any,
+        student_logits: tf.Tensor,
+        terms: dict[str, tf.Tensor],
+        total: tf.Tensor,
+        weights: tf.Tensor | None = None,
     ) -> dict[str, tf.Tensor]:
-        logs = super()._logs(y, student_logits, terms, total)
+        logs = super()._logs(y, student_logits, terms, total, weights)
         self.attention_tracker.update_state(terms["attention"])
         logs["attention"] = self.attention_tracker.result()
         return logs
