@@ -27,7 +27,7 @@ from pathlib import Path
 from apprentice_tf.compat import keras
 from apprentice_tf.models import cifar_resnet
 
-__all__ = ["ZooEntry", "WEIGHTS_DIR", "names", "info", "load"]
+__all__ = ["ZooEntry", "WEIGHTS_DIR", "names", "info", "load", "sha256"]
 
 #: Where the shipped entries live (one directory per entry).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -123,7 +123,9 @@ def info(name: str, root: str | os.PathLike | None = None) -> ZooEntry:
     return entries[name]
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (what `load` checks a weights file against)."""
+    path = Path(path)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -151,7 +153,7 @@ def load(name: str, root: str | os.PathLike | None = None) -> keras.Model:
         raise FileNotFoundError(
             f"atf.zoo: {name!r} has no weights file {entry.weights}; reinstall apprentice_tf."
         )
-    actual = _sha256(entry.weights)
+    actual = sha256(entry.weights)
     if actual != entry.sha256:
         raise ValueError(
             f"atf.zoo: {entry.weights} has sha256 {actual}, expected {entry.sha256} for {name!r}: "

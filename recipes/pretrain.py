@@ -26,14 +26,12 @@ Example (the float student of the CIFAR-10 study)::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import data, precision, reporting
+from apprentice_tf import data, precision, reporting, zoo
 from apprentice_tf.compat import keras
 from apprentice_tf.models import cifar_resnet
 
@@ -122,11 +120,6 @@ def command(config: PretrainConfig) -> str:
     return f"python -m recipes.pretrain {settings}"
 
 
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def run(config: PretrainConfig) -> dict[str, Any]:
     """Train, evaluate and describe one float network; returns the results dictionary."""
     depth = resnet_depth("model", config.model)
@@ -204,7 +197,7 @@ def run(config: PretrainConfig) -> dict[str, Any]:
         "training_policy": policy,
         "rows": [{k: v for k, v in row.items() if k != "inspection_table"}],
         "weights": weights.name,
-        "sha256": sha256(weights),
+        "sha256": zoo.sha256(weights),
         "seconds_per_epoch": history.get("seconds", []),
         "val_accuracy": history.get("val_accuracy", []),
         "machine": reporting.machine_info(config.threads),
