@@ -2,7 +2,7 @@
 
     import apprentice_tf as atf
     student = atf.quantize_model(float_student, weight_bits="ternary", activation_bits=8)
-    distiller = atf.Distiller(student, teacher)          # Apprentice loss, scheme B by default
+    distiller = atf.Distiller(student=student, teacher=teacher)  # Apprentice loss, scheme B
     distiller.compile(optimizer="adam", metrics=["accuracy"])
     distiller.fit(train_data, epochs=10)
     atf.tflite.convert(distiller.student, "student.tflite")
@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 # and `bench` commands, which need only `apprentice_tf.litert` (the flatbuffer and LiteRT), start
 # in a fraction of a second without TensorFlow, while `atf.quantize_model(...)` works as before.
 _SUBMODULES = (
+    "caching",
     "compat",
     "data",
+    "distiller",
     "hardware",
     "litert",
     "losses",
@@ -28,20 +30,23 @@ _SUBMODULES = (
     "precision",
     "progressive",
     "pruning",
+    "quantize",
+    "quantize_configs",
     "reporting",
+    "saving",
     "tflite",
     "zoo",
 )
 _NAMES = {
-    "ActivationQuantizeConfig": "apprentice_tf.configs",
-    "NBitQuantizeConfig": "apprentice_tf.configs",
-    "TernaryQuantizeConfig": "apprentice_tf.configs",
+    "ActivationQuantizeConfig": "apprentice_tf.quantize_configs",
+    "NBitQuantizeConfig": "apprentice_tf.quantize_configs",
+    "TernaryQuantizeConfig": "apprentice_tf.quantize_configs",
     "Distiller": "apprentice_tf.distiller",
-    "cache_teacher_logits": "apprentice_tf.distiller",
-    "custom_objects": "apprentice_tf.quantize",
+    "cache_teacher_logits": "apprentice_tf.caching",
+    "custom_objects": "apprentice_tf.saving",
     "quantize_apply": "apprentice_tf.quantize",
     "quantize_model": "apprentice_tf.quantize",
-    "quantize_scope": "apprentice_tf.quantize",
+    "quantize_scope": "apprentice_tf.saving",
     "ActivationQuantizer": "apprentice_tf.quantizers",
     "TernaryWeightQuantizer": "apprentice_tf.quantizers",
     "UniformWeightQuantizer": "apprentice_tf.quantizers",
@@ -52,8 +57,10 @@ _NAMES = {
 
 if TYPE_CHECKING:  # static analysers see the eager imports
     from apprentice_tf import (  # noqa: F401
+        caching,
         compat,
         data,
+        distiller,
         hardware,
         litert,
         losses,
@@ -61,21 +68,20 @@ if TYPE_CHECKING:  # static analysers see the eager imports
         precision,
         progressive,
         pruning,
+        quantize,
+        quantize_configs,
         reporting,
+        saving,
         tflite,
         zoo,
     )
-    from apprentice_tf.configs import (  # noqa: F401
+    from apprentice_tf.caching import cache_teacher_logits  # noqa: F401
+    from apprentice_tf.distiller import Distiller  # noqa: F401
+    from apprentice_tf.quantize import quantize_apply, quantize_model  # noqa: F401
+    from apprentice_tf.quantize_configs import (  # noqa: F401
         ActivationQuantizeConfig,
         NBitQuantizeConfig,
         TernaryQuantizeConfig,
-    )
-    from apprentice_tf.distiller import Distiller, cache_teacher_logits  # noqa: F401
-    from apprentice_tf.quantize import (  # noqa: F401
-        custom_objects,
-        quantize_apply,
-        quantize_model,
-        quantize_scope,
     )
     from apprentice_tf.quantizers import (  # noqa: F401
         ActivationQuantizer,
@@ -85,6 +91,7 @@ if TYPE_CHECKING:  # static analysers see the eager imports
         quantize_uniform,
         ternarize,
     )
+    from apprentice_tf.saving import custom_objects, quantize_scope  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
@@ -113,9 +120,11 @@ __all__ = [
     "TernaryWeightQuantizer",
     "UniformWeightQuantizer",
     "cache_teacher_logits",
+    "caching",
     "compat",
     "custom_objects",
     "data",
+    "distiller",
     "hardware",
     "litert",
     "losses",
@@ -123,11 +132,14 @@ __all__ = [
     "progressive",
     "pruning",
     "quantize_activation",
+    "quantize",
     "quantize_apply",
+    "quantize_configs",
     "quantize_model",
     "quantize_scope",
     "quantize_uniform",
     "reporting",
+    "saving",
     "ternarize",
     "tflite",
     "zoo",

@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-from apprentice_tf import litert, reporting
+from apprentice_tf import _io, litert
 
 RECIPES = ("quickstart", "apprentice", "progressive", "hakd", "pretrain")
 #: The installed name of the repository's recipes/ folder (setup.py's package_dir).
@@ -104,7 +104,7 @@ def _bench(
                 "vs_first_file": ratio,
             }
         rows.append(row)
-    machine = reporting.machine_info()
+    machine = _io.machine_info()
     method = (
         f"batch 1, {repeats} rounds x {runs} timed invokes after {warmup} warm-ups, files "
         "alternated in one process; median of round medians [min-max of round medians]"

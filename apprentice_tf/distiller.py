@@ -13,13 +13,15 @@ teacher and minimises
   the student with β·H(y, p_A) + γ·τ²·H(p_T(τ), p_A(τ)), the teacher's logits a fixed target.
 - **B** (``train_teacher=False``, the default): a pre-trained teacher, frozen (BatchNorm in
   inference mode, ``teacher.trainable = False``); only the student learns. Its logits can be
-  computed once with `cache_teacher_logits`.
+  computed once with `apprentice_tf.caching.cache_teacher_logits`.
 - **C** (`Distiller.from_pretrained_student`): a float student trained first, its precision
   lowered with `apprentice_tf.quantize.quantize_model`, then fine-tuned as in B.
 
 Usage::
 
-    d = Distiller(student, teacher, alpha=1.0, beta=0.5, gamma=0.5, temperature=1.0)
+    d = Distiller(
+        student=student, teacher=teacher, alpha=1.0, beta=0.5, gamma=0.5, temperature=1.0
+    )
     d.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), metrics=["accuracy"])
     d.fit(train_ds, validation_data=val_ds, epochs=..., callbacks=[...])
     deployable = d.student                 # the network to save and convert
@@ -49,29 +51,18 @@ the *global* batch size; Keras splits every batch between the replicas.
 from __future__ import annotations
 
 import copy
-import math
-import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from apprentice_tf import losses
-from apprentice_tf.compat import check_keras_object, keras, tf
+from apprentice_tf import _checks, losses
+from apprentice_tf.compat import keras, tf
+from apprentice_tf.quantize import quantize_model
 
-__all__ = ["Distiller", "cache_teacher_logits"]
+__all__ = ["Distiller"]
 
 _OPTIMIZER_TYPES = (keras.optimizers.Optimizer, keras.optimizers.legacy.Optimizer)
-
-
-def _check_weight(name: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"Distiller: `{name}` must be a finite number >= 0, received {value!r}.")
-    return float(value)
 
 
 def _logits_shape(model: keras.Model, argument: str) -> tf.TensorShape | None:
@@ -154,11 +145,8 @@ def _class_weight_table(class_weight: Any) -> tf.Tensor | None:
             f"received {class_weight!r}."
         )
     for key, value in class_weight.items():
-        if isinstance(key, bool) or not isinstance(key, numbers.Integral) or key < 0:
-            raise ValueError(
-                f"Distiller.fit: `class_weight` keys must be class ids >= 0, received {key!r}."
-            )
-        _check_weight(f"class_weight[{key}]", value)
+        _checks.integer("Distiller.fit", "class_weight key", key, 0)
+        _checks.real("Distiller.fit", f"class_weight[{key}]", value, 0)
     table = np.ones(max(int(k) for k in class_weight) + 1, np.float32)
     for key, value in class_weight.items():
         table[int(key)] = value
@@ -224,6 +212,7 @@ class Distiller(keras.Model):
 
     def __init__(
         self,
+        *,
         student: keras.Model,
         teacher: keras.Model | None = None,
         alpha: float = 1.0,
@@ -232,9 +221,14 @@ class Distiller(keras.Model):
         temperature: float = 1.0,
         train_teacher: bool = False,
         teacher_optimizer: Any = None,
+        extra_terms: Sequence[losses.DistillationTerm] = (),
         **kwargs: Any,
     ) -> None:
         """Check the settings and hold the two networks.
+
+        Every argument is keyword-only: Keras 3's built-in ``keras.distillation.Distiller``
+        takes ``(teacher, student)`` in the other order, and a positional call written for it
+        would silently swap the roles here.
 
         Args:
           student: tf_keras model returning logits (no softmax), shape (batch, classes).
@@ -248,6 +242,11 @@ class Distiller(keras.Model):
             sets ``teacher.trainable = False``.
           teacher_optimizer: scheme A only; the teacher's optimizer. Default: a fresh copy of
             the optimizer given to ``compile`` (same class and settings).
+          extra_terms: `apprentice_tf.losses.DistillationTerm` objects (e.g.
+            `apprentice_tf.losses.AttentionTransfer`) between the teacher's and the student's
+            intermediate features; each adds weight·term to the student's per-example loss and
+            is logged under its ``name``. They need a teacher (run at every step, so not with
+            cached logits) and functional (or built Sequential) networks.
           **kwargs: passed to `keras.Model` (e.g. ``name``).
 
         Raises:
@@ -255,12 +254,14 @@ class Distiller(keras.Model):
             model (or shared weights) as both, different or non-(batch, classes) output shapes,
             a softmax output, negative or non-finite weights, weights with nothing to train,
             τ <= 0, ``train_teacher=True`` without a teacher, with ``alpha=0`` or with a teacher
-            whose ``trainable`` is False, or a ``teacher_optimizer`` without ``train_teacher``.
+            whose ``trainable`` is False, a ``teacher_optimizer`` without ``train_teacher``, or
+            extra terms that are not `DistillationTerm` objects, have clashing names, name
+            layers the networks do not have, or come without a teacher.
         """
         super().__init__(**kwargs)
-        check_keras_object(student, "student")
+        _checks.keras_object("Distiller", "student", student, keras.Model)
         if teacher is not None:
-            check_keras_object(teacher, "teacher")
+            _checks.keras_object("Distiller", "teacher", teacher, keras.Model)
             if teacher is student:
                 raise ValueError(
                     f"Distiller: `student` and `teacher` are the same model ('{student.name}'); "
@@ -273,15 +274,11 @@ class Distiller(keras.Model):
                     f"share {len(shared)} weight variables; training the student would change "
                     "the teacher. Build the student from new layers."
                 )
-        if not isinstance(train_teacher, (bool, np.bool_)):
-            raise ValueError(
-                f"Distiller: `train_teacher` must be True or False, received {train_teacher!r}."
-            )
-        train_teacher = bool(train_teacher)
-        alpha = _check_weight("alpha", alpha)
-        beta = _check_weight("beta", beta)
-        gamma = _check_weight("gamma", gamma)
-        temperature = self._check_temperature(temperature)
+        train_teacher = _checks.flag("Distiller", "train_teacher", train_teacher)
+        alpha = _checks.real("Distiller", "alpha", alpha, 0)
+        beta = _checks.real("Distiller", "beta", beta, 0)
+        gamma = _checks.real("Distiller", "gamma", gamma, 0)
+        temperature = _checks.real("Distiller", "temperature", temperature, 0, low_open=True)
         if alpha == beta == gamma == 0.0:
             raise ValueError(
                 "Distiller: `alpha`, `beta` and `gamma` are all 0, so nothing would be trained. "
@@ -363,21 +360,90 @@ class Distiller(keras.Model):
         self.distillation_tracker = keras.metrics.Mean(name="distillation")
         self.teacher_ce_tracker = keras.metrics.Mean(name="teacher_ce")
         self.teacher_accuracy = keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")
+        self._init_extra_terms(extra_terms)
         if student.built:  # its variables exist: saving needs no sample call first
             self.built = True
 
-    @staticmethod
-    def _check_temperature(temperature: Any) -> float:
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, numbers.Real)
-            or not math.isfinite(temperature)
-            or temperature <= 0
-        ):
+    # ----------------------------------------------------------------------------------------
+    # Extra distillation terms (features of intermediate layers)
+
+    def _init_extra_terms(self, extra_terms: Sequence[losses.DistillationTerm]) -> None:
+        """Check the terms and build the feature taps once.
+
+        The taps are multi-output views of the two networks (same layers, same weights):
+        ``student_taps(x) = [logits, *features]``, so each step runs each network once.
+        """
+        if isinstance(extra_terms, losses.DistillationTerm):
+            extra_terms = (extra_terms,)
+        terms = tuple(extra_terms)
+        reserved = {"loss", "student_ce", "distillation", "teacher_ce", "teacher_accuracy"}
+        names: set[str] = set()
+        for index, term in enumerate(terms):
+            if not isinstance(term, losses.DistillationTerm):
+                raise ValueError(
+                    f"Distiller: `extra_terms[{index}]` must be an "
+                    "apprentice_tf.losses.DistillationTerm (e.g. losses.AttentionTransfer), "
+                    f"received {type(term).__module__}.{type(term).__name__}."
+                )
+            if term.name in reserved or term.name in names:
+                raise ValueError(
+                    f"Distiller: `extra_terms[{index}]` is named {term.name!r}, which another "
+                    f"term or metric already uses ({sorted(reserved | names)}); give it another "
+                    "`name`."
+                )
+            names.add(term.name)
+        if terms and self.teacher is None:
             raise ValueError(
-                f"Distiller: `temperature` must be a finite number > 0, received {temperature!r}."
+                "Distiller: `extra_terms` compare the teacher's and the student's features, so "
+                "they need a `teacher`, received teacher=None."
             )
-        return float(temperature)
+        # Plain attributes, not tracked by Keras: the terms hold settings, the taps reuse the
+        # two networks' layers (already tracked), and a Distiller without extra terms saves
+        # exactly as before.
+        self._self_setattr_tracking = False
+        try:
+            self.extra_terms = terms
+            self._term_trackers = [keras.metrics.Mean(name=term.name) for term in terms]
+            self._student_taps = self._teacher_taps = None
+            if terms:
+                self._student_taps, self._student_positions = self._taps(self.student, "student", 1)
+                self._teacher_taps, self._teacher_positions = self._taps(self.teacher, "teacher", 0)
+        finally:
+            self._self_setattr_tracking = True
+
+    def _taps(
+        self, network: keras.Model, role: str, side: int
+    ) -> tuple[keras.Model, dict[str, int]]:
+        """``network``'s logits and the outputs of every layer the terms tap on this side,
+        with each tapped layer's position among the features."""
+        layers = list(dict.fromkeys(name for t in self.extra_terms for name in t.layers(side)))
+        known = {layer.name for layer in network.layers}
+        missing = [name for name in layers if name not in known]
+        if missing:
+            raise ValueError(
+                f"Distiller: `extra_terms` tap {role} layer(s) {missing}, but {role} "
+                f"'{network.name}' has no such layer."
+            )
+        if not getattr(network, "inputs", None):
+            raise ValueError(
+                f"Distiller: `extra_terms` need the {role}'s graph, but {role} "
+                f"'{network.name}' has no known inputs: build it functionally (or start a "
+                "Sequential model with keras.Input)."
+            )
+        outputs = [network.outputs[0], *[network.get_layer(name).output for name in layers]]
+        taps = keras.Model(network.inputs, outputs, name=f"{network.name}_taps")
+        return taps, {name: i for i, name in enumerate(layers)}
+
+    def _extra_terms(
+        self, teacher_features: list[tf.Tensor], student_features: list[tf.Tensor]
+    ) -> dict[str, tf.Tensor]:
+        """{term name: weight · term per example} for every extra term."""
+        values = {}
+        for term in self.extra_terms:
+            teacher = [teacher_features[self._teacher_positions[n]] for n in term.layers(0)]
+            student = [student_features[self._student_positions[n]] for n in term.layers(1)]
+            values[term.name] = term.weight * term.per_example(teacher, student)
+        return values
 
     # ----------------------------------------------------------------------------------------
     # Keras plumbing
@@ -434,6 +500,7 @@ class Distiller(keras.Model):
             self.distillation_tracker,
             self.teacher_ce_tracker,
             self.teacher_accuracy,
+            *getattr(self, "_term_trackers", ()),
         ]
         compiled = getattr(self, "compiled_metrics", None)
         if self._is_compiled and compiled is not None:
@@ -507,14 +574,29 @@ class Distiller(keras.Model):
     def _terms(
         self, x: Any, y: Any, cached: tf.Tensor | None, training: bool
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """Student logits and the per-example terms that apply to this step."""
-        student_logits = self.student(x, training=training)
-        teacher_logits = cached
-        # In training, a frozen teacher is only run when its logits are used (gamma > 0).
-        needed = not training or self.gamma > 0 or self.train_teacher
-        if teacher_logits is None and self.teacher is not None and needed:
-            train_it = training and self.train_teacher
-            teacher_logits = tf.cast(self.teacher(x, training=train_it), tf.float32)
+        """Student logits and the per-example terms that apply to this step.
+
+        With extra terms, each network runs once, through its taps (logits and features).
+        """
+        train_it = training and self.train_teacher
+        extra: dict[str, tf.Tensor] = {}
+        if self.extra_terms:
+            if cached is not None:
+                raise ValueError(
+                    "Distiller: cached teacher logits carry no features, and `extra_terms` "
+                    "need the teacher's; pass (x, y) batches so the teacher runs."
+                )
+            student_logits, *student_features = self._student_taps(x, training=training)
+            teacher_logits, *teacher_features = self._teacher_taps(x, training=train_it)
+            teacher_logits = tf.cast(teacher_logits, tf.float32)
+            extra = self._extra_terms(teacher_features, student_features)
+        else:
+            student_logits = self.student(x, training=training)
+            teacher_logits = cached
+            # In training, a frozen teacher is only run when its logits are used (gamma > 0).
+            needed = not training or self.gamma > 0 or self.train_teacher
+            if teacher_logits is None and self.teacher is not None and needed:
+                teacher_logits = tf.cast(self.teacher(x, training=train_it), tf.float32)
         if teacher_logits is None and training and self.gamma > 0:
             raise ValueError(
                 "Distiller: gamma > 0 needs teacher logits, but there is no teacher and the data "
@@ -542,6 +624,7 @@ class Distiller(keras.Model):
                 "Distiller: nothing to compute: the data has no labels and there are no teacher "
                 "logits (no teacher, no third element). Yield (x, y) or (x, y, teacher_logits)."
             )
+        terms.update(extra)
         return student_logits, terms
 
     def _student_per_example(self, terms: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -550,6 +633,8 @@ class Distiller(keras.Model):
             total += self.beta * terms["student_ce"]
         if "distillation" in terms and self.gamma:
             total += self.gamma * terms["distillation"]
+        for term in self.extra_terms:  # already weighted
+            total += terms[term.name]
         if isinstance(total, float):
             total = tf.zeros_like(next(iter(terms.values())))
         return total
@@ -574,6 +659,9 @@ class Distiller(keras.Model):
                 trackers.append(tracker)
         if "teacher_ce" in terms:
             trackers.append(self.teacher_accuracy)
+        for term, tracker in zip(self.extra_terms, self._term_trackers, strict=True):
+            tracker.update_state(terms[term.name])
+            trackers.append(tracker)
         logs = {tracker.name: tracker.result() for tracker in trackers}
         if y is not None and self.compiled_metrics is not None:
             self.compiled_metrics.update_state(y, student_logits, weights)
@@ -671,11 +759,12 @@ class Distiller(keras.Model):
             "temperature": self.temperature,
             "train_teacher": self.train_teacher,
             "teacher_optimizer": teacher_optimizer,
+            "extra_terms": [keras.saving.serialize_keras_object(t) for t in self.extra_terms],
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None) -> Distiller:
-        """Rebuild from `get_config`; load quantized students inside `quantize_scope()`."""
+        """Rebuild from `get_config`; load quantized students inside `atf.quantize_scope()`."""
         config = copy.deepcopy(config)  # deserializers (tfmot's) edit nested dicts in place
         config["student"] = keras.saving.deserialize_keras_object(
             config["student"], custom_objects=custom_objects
@@ -688,6 +777,10 @@ class Distiller(keras.Model):
             config["teacher_optimizer"] = keras.optimizers.deserialize(
                 config["teacher_optimizer"], custom_objects=custom_objects
             )
+        config["extra_terms"] = [
+            keras.saving.deserialize_keras_object(t, custom_objects=custom_objects)
+            for t in config.get("extra_terms") or ()
+        ]
         return cls(**config)
 
     @classmethod
@@ -731,10 +824,9 @@ class Distiller(keras.Model):
                 "Distiller.from_pretrained_student: scheme C needs a trained `teacher`, "
                 "received None."
             )
-        from apprentice_tf.quantize import quantize_model
-
-        check_keras_object(float_student, "float_student")
-        check_keras_object(teacher, "teacher")
+        owner = "Distiller.from_pretrained_student"
+        _checks.keras_object(owner, "float_student", float_student, keras.Model)
+        _checks.keras_object(owner, "teacher", teacher, keras.Model)
         student = quantize_model(
             float_student,
             weight_bits=weight_bits,
@@ -743,172 +835,4 @@ class Distiller(keras.Model):
             skip=skip,
         )
         teacher.trainable = False
-        return cls(student, teacher, train_teacher=False, **distiller_kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# Teacher-logit caching
-
-
-def _check_deterministic(dataset: tf.data.Dataset, assume_deterministic: bool) -> None:
-    why = (
-        "Cached logits are paired with examples by position, so the dataset must give the same "
-        "examples, in the same order and without random augmentation, on every pass: shuffling "
-        "or random augmentation would pair an example with another example's (or another "
-        "view's) logits. Cache an un-shuffled, un-augmented dataset, and shuffle the returned "
-        "one (cache unbatched data with batch_size=..., then .shuffle().batch())."
-    )
-    if dataset.options().deterministic is False:
-        raise ValueError(
-            "cache_teacher_logits: the dataset has options().deterministic == False (elements "
-            "may come in a different order on each pass). " + why
-        )
-    if assume_deterministic:
-        return
-    try:
-        from apprentice_tf import data as atf_data
-    except ImportError:  # pragma: no cover - data.py is optional at this layer
-        return
-    checker = getattr(atf_data, "is_deterministic", None)
-    if checker is not None and not checker(dataset):
-        raise ValueError(
-            "cache_teacher_logits: apprentice_tf.data.is_deterministic() says this dataset is "
-            "not deterministic (it only vouches for datasets returned by "
-            "apprentice_tf.data.load(..., deterministic=True), unmodified). " + why + " If you "
-            "know your pipeline is deterministic, pass assume_deterministic=True."
-        )
-
-
-def _to_numpy(structure: Any) -> Any:
-    return tf.nest.map_structure(lambda t: np.asarray(t), structure)
-
-
-def _same(first: Any, second: Any) -> bool:
-    try:
-        tf.nest.assert_same_structure(first, second)
-    except (ValueError, TypeError):
-        return False
-    return all(
-        a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
-        for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(second), strict=True)
-    )
-
-
-def cache_teacher_logits(
-    teacher: keras.Model,
-    dataset: tf.data.Dataset,
-    batch_size: int | None = None,
-    *,
-    assume_deterministic: bool = False,
-    verbose: int = 1,
-) -> tf.data.Dataset:
-    """Run a frozen teacher once over ``(x, y)`` data; return ``(x, y, teacher_logits)`` data.
-
-    Scheme B of Mishra & Marr (ICLR 2018): a frozen teacher's logits z_T(x) do not change, so
-    they can be computed once and reused every epoch. The teacher runs in inference mode
-    (``training=False``); its logits are kept in memory as a NumPy array (CIFAR-10: 50k × 10
-    floats, 2 MB; ImageNet-sized caches belong on disk instead) and zipped with the dataset, so
-    the returned dataset re-reads ``x`` and ``y`` from ``dataset`` on every pass.
-
-    Refused, because they would pair an example with another example's logits: a dataset with
-    ``options().deterministic == False``; a dataset that `apprentice_tf.data.is_deterministic`
-    does not vouch for (only datasets from ``apprentice_tf.data.load(..., deterministic=True)``),
-    unless ``assume_deterministic=True``; and a dataset whose first batch differs between two
-    passes (shuffling that reshuffles each pass, unseeded random augmentation). Limits of the
-    detection: only the first batch is compared, so a pipeline that shuffles or augments only
-    later elements, or whose randomness repeats on the second pass but not the third, is not
-    caught. A stateful random op (``tf.random.normal``) in a ``map`` under a global seed
-    (``keras.utils.set_random_seed``) repeats the same values on every pass: that pipeline is
-    deterministic, is accepted, and its logits are correctly paired (but each example keeps one
-    augmented view). Shuffle *after* caching: cache unbatched data with ``batch_size``, then call
-    ``.shuffle(...).batch(...)`` on the result.
-
-    Args:
-      teacher: tf_keras model returning logits.
-      dataset: finite dataset of ``(x, y)`` pairs. With ``batch_size=None`` its elements are
-        batches; with ``batch_size`` they are single examples, run through the teacher in
-        batches of ``batch_size``.
-      batch_size: see ``dataset``.
-      assume_deterministic: vouch for a dataset `apprentice_tf.data.is_deterministic` does not
-        know (e.g. ``from_tensor_slices``); the other checks still run.
-      verbose: 1 shows a `keras.utils.Progbar`, 0 is silent.
-
-    Returns:
-      A dataset of ``(x, y, teacher_logits)`` with the same order and batching as ``dataset``;
-      the logits are float32.
-
-    Raises:
-      ValueError: a non-deterministic, infinite, empty or non-``(x, y)`` dataset, a bad
-        ``batch_size``, or a teacher that is not a tf_keras Model.
-    """
-    check_keras_object(teacher, "teacher")
-    if not isinstance(dataset, tf.data.Dataset):
-        raise ValueError(
-            f"cache_teacher_logits: `dataset` must be a tf.data.Dataset, received "
-            f"{type(dataset).__name__}."
-        )
-    spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) != 2:
-        raise ValueError(
-            "cache_teacher_logits: `dataset` must yield (x, y) pairs, received elements with "
-            f"spec {spec}."
-        )
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise ValueError(
-            f"cache_teacher_logits: `batch_size` must be None or an integer >= 1, received "
-            f"{batch_size!r}."
-        )
-    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
-        raise ValueError(
-            "cache_teacher_logits: `dataset` is infinite (e.g. .repeat()); cache one pass and "
-            "repeat the returned dataset."
-        )
-    _check_deterministic(dataset, assume_deterministic)
-
-    batches = dataset if batch_size is None else dataset.batch(int(batch_size))
-    predict = tf.function(lambda x: teacher(x, training=False), reduce_retracing=True)
-    cardinality = int(batches.cardinality())
-    progbar = keras.utils.Progbar(
-        cardinality if cardinality >= 0 else None, verbose=verbose, unit_name="batch"
-    )
-    logits: list[np.ndarray] = []
-    first = None
-    for step, (x, y) in enumerate(batches):
-        if first is None:
-            first = _to_numpy((x, y))
-        logits.append(np.asarray(predict(x), dtype=np.float32))
-        progbar.update(step + 1)
-    if first is None:
-        raise ValueError("cache_teacher_logits: `dataset` is empty.")
-    if logits[0].ndim != 2:
-        raise ValueError(
-            "cache_teacher_logits: the teacher must return logits of shape (batch, classes), "
-            f"returned shape {logits[0].shape}."
-        )
-    replay = _to_numpy(next(iter(batches)))
-    if not _same(first, replay):
-        raise ValueError(
-            "cache_teacher_logits: the dataset's first batch differed between two passes (it is "
-            "shuffled each pass or randomly augmented). Cached logits are paired with examples "
-            "by position, so this would pair an example with another example's logits. Cache "
-            "an un-shuffled, un-augmented dataset and shuffle the returned one."
-        )
-
-    everything = np.concatenate(logits, axis=0)
-    if batch_size is not None:
-        logits_ds = tf.data.Dataset.from_tensor_slices(everything)
-    else:
-        sizes = [len(batch) for batch in logits]
-        if all(size == sizes[0] for size in sizes[:-1]) and sizes[-1] <= sizes[0]:
-            logits_ds = tf.data.Dataset.from_tensor_slices(everything).batch(sizes[0])
-        else:  # irregular batches: one slice per batch
-            bounds = np.cumsum([0, *sizes])
-            ragged = tf.RaggedTensor.from_row_splits(everything, bounds)
-            logits_ds = tf.data.Dataset.from_tensor_slices(ragged).map(
-                lambda row: row.to_tensor() if isinstance(row, tf.RaggedTensor) else row
-            )
-    return tf.data.Dataset.zip((dataset, logits_ds)).map(lambda xy, z: (xy[0], xy[1], z))
+        return cls(student=student, teacher=teacher, train_teacher=False, **distiller_kwargs)

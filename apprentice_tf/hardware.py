@@ -54,7 +54,8 @@ from typing import Any
 import numpy as np
 
 from apprentice_tf import litert
-from apprentice_tf.compat import check_keras_object, keras, tf
+from apprentice_tf._checks import keras_object
+from apprentice_tf.compat import keras, tf
 
 __all__ = [
     "OPS",
@@ -858,7 +859,12 @@ def _items(candidates: Any) -> list[_Item]:
             item = _Item(name or candidate.name, candidate.key, "student", candidate, None, {})
             item.family, item.spec = candidate.family, _jsonable(candidate.kwargs)
         else:
-            check_keras_object(candidate, f"candidates[{name!r}]" if name else "candidates[...]")
+            keras_object(
+                "profile",
+                f"candidates[{name!r}]" if name else "candidates[...]",
+                candidate,
+                keras.Model,
+            )
             if len(candidate.inputs or ()) != 1:
                 raise ValueError(
                     f"profile: model {candidate.name!r} has {len(candidate.inputs or ())} inputs; "
@@ -1354,7 +1360,7 @@ def network_blocks(model: keras.Model) -> list[tuple[str, BlockSpec]]:
       [(layer name, BlockSpec)], in model order (a separable block is named by its depthwise
       layer).
     """
-    check_keras_object(model, "model")
+    keras_object("network_blocks", "model", model, keras.Model)
     blocks: list[tuple[str, BlockSpec]] = []
     merged: set[str] = set()
     for layer in model.layers:
@@ -1467,7 +1473,7 @@ def measure_model_latency(
     Returns:
       Its `LatencyRow` (median_ms, p90_ms, spread_ms, params, tflite_bytes, ...).
     """
-    check_keras_object(model, "model")
+    keras_object("measure_model_latency", "model", model, keras.Model)
     table = profile(
         {model.name: model},
         num_threads=num_threads,

@@ -32,7 +32,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
-from apprentice_tf import reporting
+from apprentice_tf import _checks, _io
 
 __all__ = [
     "TFLiteFileError",
@@ -506,7 +506,7 @@ def store_ternary_dense_as_int2(
             else r
             for r in results
         ]
-    reporting.write_bytes(path, content)
+    _io.write_bytes(path, content)
     return results
 
 
@@ -761,14 +761,6 @@ class Latency:
         return min(self.repeat_medians_ms), max(self.repeat_medians_ms)
 
 
-def _check_count(argument: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(
-            f"latency: `{argument}` must be an integer >= {minimum}, received {value!r}."
-        )
-    return int(value)
-
-
 def fill_random_inputs(interpreter: Any, rng: np.random.Generator) -> None:
     """Allocate `interpreter`'s tensors and set every input to seeded random values: uniform
     [0, 1) for float inputs, uniform over the whole range for integer ones."""
@@ -830,9 +822,9 @@ def latency(
         raise ValueError("latency: `paths` is empty; pass one .tflite file or several.")
     if not threads:
         raise ValueError("latency: `num_threads` is empty; pass 1, 2 or a list such as (1, 2).")
-    repeats = _check_count("repeats", repeats, 1)
-    runs = _check_count("runs", runs, 1)
-    warmup = _check_count("warmup", warmup, 0)
+    repeats = _checks.integer("latency", "repeats", repeats, 1)
+    runs = _checks.integer("latency", "runs", runs, 1)
+    warmup = _checks.integer("latency", "warmup", warmup, 0)
     rng = np.random.default_rng(seed)
     pairs = [(str(path), count) for path in paths for count in threads]
     interpreters = {}

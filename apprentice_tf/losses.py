@@ -28,7 +28,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from apprentice_tf.compat import tf
+from apprentice_tf import _checks
+from apprentice_tf.compat import keras, tf
 
 __all__ = [
     "cross_entropy",
@@ -36,18 +37,21 @@ __all__ = [
     "apprentice_loss",
     "attention_map",
     "attention_transfer_loss",
+    "DistillationTerm",
+    "AttentionTransfer",
+    "feature_layers",
+    "match_stages",
     "REDUCTIONS",
+    "AT_FORMS",
 ]
 
 REDUCTIONS = ("mean", "none")
-_AT_FORMS = ("norm", "squared_mean")
+#: The distances `attention_transfer_loss` and `AttentionTransfer` know.
+AT_FORMS = ("norm", "squared_mean")
 
 
 def _check_reduction(reduction: Any, owner: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(
-            f"{owner}: `reduction` must be one of {REDUCTIONS}, received {reduction!r}."
-        )
+    _checks.choice(owner, "reduction", reduction, REDUCTIONS)
 
 
 def _reduce(
@@ -70,20 +74,6 @@ def _logits(logits: Any, name: str, owner: str) -> tf.Tensor:
         )
     # Mixed precision: the softmax and log are computed in float32.
     return tf.cast(logits, tf.float32)
-
-
-def _check_temperature(temperature: Any, owner: str) -> float:
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{owner}: `temperature` must be a positive number, received {temperature!r}."
-        ) from None
-    if not (value > 0.0 and value != float("inf")):
-        raise ValueError(
-            f"{owner}: `temperature` must be a finite number > 0, received {temperature!r}."
-        )
-    return value
 
 
 def cross_entropy(
@@ -165,7 +155,7 @@ def distillation_loss(
       ValueError: τ not a finite positive number, or logits of different shapes.
     """
     _check_reduction(reduction, "distillation_loss")
-    tau = _check_temperature(temperature, "distillation_loss")
+    tau = _checks.real("distillation_loss", "temperature", temperature, 0, low_open=True)
     teacher_logits = tf.stop_gradient(
         _logits(teacher_logits, "teacher_logits", "distillation_loss")
     )
@@ -292,14 +282,8 @@ def attention_transfer_loss(
         one side before calling), a negative β or an unknown form.
     """
     _check_reduction(reduction, "attention_transfer_loss")
-    if form not in _AT_FORMS:
-        raise ValueError(
-            f"attention_transfer_loss: `form` must be one of {_AT_FORMS}, received {form!r}."
-        )
-    if not 0.0 <= float(beta) < float("inf"):
-        raise ValueError(
-            f"attention_transfer_loss: `beta` must be a finite number >= 0, received {beta!r}."
-        )
+    _checks.choice("attention_transfer_loss", "form", form, AT_FORMS)
+    beta = _checks.real("attention_transfer_loss", "beta", beta, 0)
     teacher_stages = _as_stages(teacher_features)
     student_stages = _as_stages(student_features)
     if len(teacher_stages) != len(student_stages) or not teacher_stages:
@@ -331,3 +315,151 @@ def _as_stages(features: Any) -> list[tf.Tensor]:
     if isinstance(features, (list, tuple)):
         return [tf.convert_to_tensor(f) for f in features]
     return [tf.convert_to_tensor(features)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Distillation terms: objects the Distiller accepts (``Distiller(..., extra_terms=[...])``)
+
+
+class DistillationTerm:
+    """A loss term between a teacher's and a student's intermediate features.
+
+    In the spirit of Keras 3's ``keras.distillation.FeatureDistillation``: a term names the layer
+    pairs it taps, ``(teacher layer, student layer)``, and computes a per-example loss from
+    their outputs; `apprentice_tf.distiller.Distiller` builds the taps once (multi-output views
+    of the two networks), runs each network once per step, adds ``weight · per_example(...)`` to
+    the student's loss and logs it under ``name``.
+
+    Subclass it, implement `per_example`, extend `get_config` with your own settings, and
+    register the class (``@keras.utils.register_keras_serializable()``); load a saved
+    Distiller that uses it inside ``atf.quantize_scope(YourTerm)``.
+
+    Args:
+      pairs: ``(teacher layer name, student layer name)`` pairs, at least one.
+      weight: finite weight >= 0 of the term in the student's loss.
+      name: the metric the Distiller logs (weight · term); unique among a Distiller's terms.
+    """
+
+    def __init__(
+        self, pairs: Sequence[Sequence[str]], weight: float = 1.0, name: str = "term"
+    ) -> None:
+        owner = type(self).__name__
+        try:
+            pairs = tuple((str(t), str(s)) for t, s in pairs)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{owner}: `pairs` must be (teacher layer, student layer) name pairs, received "
+                f"{pairs!r}."
+            ) from None
+        if not pairs:
+            raise ValueError(
+                f"{owner}: `pairs` is empty; pass (teacher layer, student layer) pairs (for "
+                "attention transfer, of equal spatial size: see match_stages)."
+            )
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{owner}: `name` must be a non-empty string, received {name!r}.")
+        self.pairs = pairs
+        self.weight = _checks.real(owner, "weight", weight, 0)
+        self.name = name
+
+    def layers(self, side: int) -> tuple[str, ...]:
+        """The teacher's (``side=0``) or the student's (``side=1``) layer names, pair order."""
+        return tuple(pair[side] for pair in self.pairs)
+
+    def per_example(
+        self, teacher_features: list[tf.Tensor], student_features: list[tf.Tensor]
+    ) -> tf.Tensor:
+        """The unweighted term per example, shape (batch,); features in `pairs` order."""
+        raise NotImplementedError(f"{type(self).__name__} must implement per_example().")
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "pairs": [list(pair) for pair in self.pairs],
+            "weight": self.weight,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DistillationTerm:
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.pairs, self.weight, self.name))
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({settings})"
+
+
+@keras.utils.register_keras_serializable(package="apprentice_tf")
+class AttentionTransfer(DistillationTerm):
+    """Attention transfer between stages of equal resolution (Zagoruyko & Komodakis, ICLR 2017).
+
+    For each pair j, a = vec(mean_c F_c²) / ‖vec(mean_c F_c²)‖₂ is the attention map of the
+    layer's activations F (`attention_map`: the normalised channel mean of squared
+    activations), and the term is, per example,
+
+        Σ_j d(a_T,j, a_S,j),   d = ‖a_T,j − a_S,j‖₂ (``form="norm"``)
+                               or mean over positions of (a_T,j − a_S,j)² (``"squared_mean"``)
+
+    summed over the pairs (`attention_transfer_loss` with β = 1); the Distiller multiplies it by
+    ``weight`` (β). HAKD (Turner et al., arXiv:1810.10460) adds it to the distillation loss after
+    Moonshine (Crowley et al., NeurIPS 2018), whose published β = 1000 goes with the authors'
+    code's ``"squared_mean"`` distance. The teacher's maps are a stop-gradient target.
+
+    Args:
+      pairs: ``(teacher layer, student layer)`` names whose outputs have equal spatial shape
+        (channel counts may differ), e.g. from `match_stages`.
+      weight: β >= 0 (default 1000, Moonshine's).
+      form: "norm" or "squared_mean", see above.
+      name: the logged metric (default "attention").
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Sequence[str]],
+        weight: float = 1000.0,
+        form: str = "norm",
+        name: str = "attention",
+    ) -> None:
+        super().__init__(pairs, weight, name)
+        self.form = _checks.choice("AttentionTransfer", "form", form, AT_FORMS)
+
+    def per_example(
+        self, teacher_features: list[tf.Tensor], student_features: list[tf.Tensor]
+    ) -> tf.Tensor:
+        """Σ_j d(a_T,j, a_S,j) per example, shape (batch,)."""
+        return attention_transfer_loss(
+            teacher_features, student_features, 1.0, form=self.form, reduction="none"
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "form": self.form}
+
+
+def feature_layers(model: keras.Model) -> dict[tuple[int, int], str]:
+    """{(height, width): name of the last layer, in model order, with a 4-D output of that size}.
+
+    The last layer at a resolution is the output of that stage of the network (e.g. a ResNet
+    stage's final ReLU, a MobileNet stage's last pointwise ReLU).
+    """
+    found: dict[tuple[int, int], str] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        shape = layer.output_shape
+        if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[2]:
+            found[(int(shape[1]), int(shape[2]))] = layer.name
+    return found
+
+
+def match_stages(teacher: keras.Model, student: keras.Model) -> list[tuple[str, str]]:
+    """(teacher layer, student layer) at each resolution both networks have, largest first.
+
+    The pairs `AttentionTransfer` needs: ``AttentionTransfer(match_stages(teacher, student))``.
+    """
+    ours, theirs = feature_layers(teacher), feature_layers(student)
+    return [(ours[size], theirs[size]) for size in sorted(set(ours) & set(theirs), reverse=True)]

@@ -42,19 +42,17 @@ ValueError for such layers (put a BatchNormalization between conv and ReLU, as e
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import numbers
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import tensorflow_model_optimization as tfmot
 
-from apprentice_tf.compat import check_keras_object, keras, tf
-from apprentice_tf.configs import NBitQuantizeConfig, TernaryQuantizeConfig
-from apprentice_tf.quantize import quantize_model, quantize_scope
+from apprentice_tf import _checks, _graph
+from apprentice_tf.compat import keras, tf
+from apprentice_tf.quantize import quantize_model
+from apprentice_tf.quantize_configs import NBitQuantizeConfig, TernaryQuantizeConfig
 
 __all__ = [
     "add_ancillary",
@@ -66,8 +64,6 @@ __all__ = [
     "ancillary_scales",
     "get_ancillary_scale",
     "set_ancillary_scale",
-    "custom_objects",
-    "progressive_scope",
     "SCHEDULES",
 ]
 
@@ -106,7 +102,7 @@ class AncillaryScale(keras.layers.Layer):
 
     def __init__(self, initial_value: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.initial_value = _check_real("AncillaryScale", "initial_value", initial_value, 0.0)
+        self.initial_value = _checks.real("AncillaryScale", "initial_value", initial_value, 0)
 
     def build(self, input_shape: Any) -> None:
         self.scale = self.add_weight(
@@ -155,19 +151,15 @@ class _CroppedConv:
 
 
 def _check_crop(owner: str, crop: Any) -> Crop:
+    allowed = "((top, bottom), (left, right)) of integers >= 0"
     try:
         (top, bottom), (left, right) = crop
-        values = (top, bottom, left, right)
     except (TypeError, ValueError):
-        values = None
-    if values is None or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in values
-    ):
-        raise ValueError(
-            f"{owner}: `crop` must be ((top, bottom), (left, right)) of integers >= 0, "
-            f"received {crop!r}."
-        )
-    top, bottom, left, right = (int(v) for v in values)
+        raise ValueError(f"{owner}: `crop` must be {allowed}, received {crop!r}.") from None
+    top, bottom, left, right = (
+        _checks.integer(owner, "crop", v, 0, fix=f"`crop` must be {allowed}.")
+        for v in (top, bottom, left, right)
+    )
     return ((top, bottom), (left, right))
 
 
@@ -219,31 +211,6 @@ class AncillaryDepthwiseConv2D(_CroppedConv, keras.layers.DepthwiseConv2D):
 
 
 _TWINS = (AncillaryConv2D, AncillaryDepthwiseConv2D)
-_CLASSES = (AncillaryScale, AncillaryConv2D, AncillaryDepthwiseConv2D)
-
-
-def custom_objects() -> dict[str, type]:
-    """The classes this module adds to a saved model, by the names Keras stores them under.
-
-    They are registered (package "apprentice_tf"), so `keras.models.load_model` finds them
-    inside `apprentice_tf.quantize_scope()`; this dict is for explicit ``custom_objects=``.
-    """
-    objects: dict[str, type] = {cls.__name__: cls for cls in (*_CLASSES, AncillaryDecay)}
-    objects.update({f"apprentice_tf>{name}": cls for name, cls in list(objects.items())})
-    return objects
-
-
-@contextlib.contextmanager
-def progressive_scope() -> Iterator[None]:
-    """`apprentice_tf.quantize_scope()` plus this module's classes: load expanded models in it.
-
-    ::
-
-        with progressive_scope():
-            m = keras.models.load_model("expanded.keras")
-    """
-    with quantize_scope(), keras.utils.custom_object_scope(custom_objects()):
-        yield
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,7 +250,7 @@ def set_ancillary_scale(model: keras.Model, value: float) -> None:
     Raises:
       ValueError: `value` is not a finite number >= 0, or `model` has no ancillary branch.
     """
-    value = _check_real("set_ancillary_scale", "value", value, 0.0)
+    value = _checks.real("set_ancillary_scale", "value", value, 0)
     scales = ancillary_scales(model)
     if not scales:
         raise ValueError(_no_branches("set_ancillary_scale", model))
@@ -350,38 +317,6 @@ def _twin(inner: dict, inner_class: type, kernel_size: int | None, initializer: 
     return twin_class.from_config({**config, "crop": crop})
 
 
-def _ref(name: str, node: int = 0) -> list:
-    return [name, node, 0, {}]
-
-
-def _rewire(config: dict, mapping: dict[tuple[str, int], list]) -> None:
-    """Point every reference to a (layer, node) in `mapping` at its [layer, node, tensor] value."""
-    for layer in config["layers"]:
-        for node in layer.get("inbound_nodes") or []:
-            for i, ref in enumerate(node):
-                target = mapping.get((ref[0], ref[1]))
-                if target is not None:
-                    node[i] = [*target[:3], *ref[3:]]
-    outputs = config["output_layers"]
-    for i, ref in enumerate(outputs):
-        target = mapping.get((ref[0], ref[1]))
-        if target is not None:
-            outputs[i] = list(target[:3])
-
-
-def _rebuild(config: dict, source: keras.Model) -> keras.Model:
-    """A functional model from `config`, with the weights of `source`'s same-named layers."""
-    with progressive_scope():
-        model = keras.Model.from_config(config)
-    for layer in model.layers:
-        try:
-            original = source.get_layer(layer.name)
-        except ValueError:
-            continue
-        layer.set_weights(original.get_weights())
-    return model
-
-
 def add_ancillary(
     model: keras.Model,
     kernel_size: int | None = None,
@@ -429,7 +364,7 @@ def add_ancillary(
         with its own non-linear activation (see the module docstring), or a low-precision conv
         called more than once. Everything `quantize_model` raises.
     """
-    check_keras_object(model, "model")
+    _checks.keras_object("add_ancillary", "model", model, keras.Model)
     if isinstance(kernel_size, bool) or kernel_size not in _KERNEL_SIZES:
         raise ValueError(
             f"add_ancillary: `kernel_size` must be one of {_KERNEL_SIZES} (None: the conv's own "
@@ -533,7 +468,7 @@ def add_ancillary(
         node = nodes_per_scale.get(scale_name, 0)
         nodes_per_scale[scale_name] = node + 1
         mapping[(layer.name, 0)] = [scale_name, node, 0]
-    _rewire(config, mapping)
+    _graph.rewire(config, mapping)
 
     scale_configs: dict[str, dict] = {}
     for layer, scale_name in zip(targets, scale_names, strict=True):
@@ -556,8 +491,10 @@ def add_ancillary(
             scale_config["inbound_nodes"] = []
             scale_configs[scale_name] = scale_config
             config["layers"].insert(position + 1, scale_config)
-        scale_configs[scale_name]["inbound_nodes"].append([_ref(layer.name), _ref(twin.name)])
-    return _rebuild(config, quantized)
+        scale_configs[scale_name]["inbound_nodes"].append(
+            [_graph.reference(layer.name), _graph.reference(twin.name)]
+        )
+    return _graph.rebuild(config, quantized)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -585,7 +522,7 @@ def strip_ancillary(model: keras.Model, force: bool = False) -> keras.Model:
       ValueError: `model` has no ancillary branches, has λ ≠ 0 and ``force`` is False, or uses
         a twin's output elsewhere than in its `AncillaryScale`.
     """
-    check_keras_object(model, "model")
+    _checks.keras_object("strip_ancillary", "model", model, keras.Model)
     if not isinstance(force, bool):
         raise ValueError(f"strip_ancillary: `force` must be True or False, received {force!r}.")
     scales = [layer for layer in model.layers if isinstance(layer, AncillaryScale)]
@@ -623,7 +560,7 @@ def strip_ancillary(model: keras.Model, force: bool = False) -> keras.Model:
                 )
             mapping[(layer["name"], index)] = low
     config["layers"] = [layer for layer in config["layers"] if layer["name"] not in removed]
-    _rewire(config, mapping)
+    _graph.rewire(config, mapping)
     dangling = sorted(
         {
             ref[0]
@@ -639,30 +576,11 @@ def strip_ancillary(model: keras.Model, force: bool = False) -> keras.Model:
             f"strip_ancillary: layer(s) {dangling} of model '{model.name}' are used outside "
             "their ancillary branch, so they cannot be removed."
         )
-    return _rebuild(config, model)
+    return _graph.rebuild(config, model)
 
 
 # ------------------------------------------------------------------------------------------------
 # AncillaryDecay
-
-
-def _check_real(owner: str, name: str, value: Any, low: float, low_open: bool = False) -> float:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-        and (value > low if low_open else value >= low)
-    )
-    if not ok:
-        bound = f"> {low}" if low_open else f">= {low}"
-        raise ValueError(f"{owner}: `{name}` must be a finite number {bound}, received {value!r}.")
-    return float(value)
-
-
-def _check_int(owner: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{owner}: `{name}` must be an integer > 0, received {value!r}.")
-    return int(value)
 
 
 @keras.utils.register_keras_serializable(package="apprentice_tf")
@@ -711,34 +629,28 @@ class AncillaryDecay(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         owner = "AncillaryDecay"
-        if schedule not in SCHEDULES:
-            raise ValueError(
-                f"{owner}: `schedule` must be one of {SCHEDULES}, received {schedule!r}."
-            )
-        if by not in _BY:
-            raise ValueError(f"{owner}: `by` must be one of {_BY}, received {by!r}.")
+        _checks.choice(owner, "schedule", schedule, SCHEDULES)
+        _checks.choice(owner, "by", by, _BY)
         self.schedule = schedule
-        self.end_step = _check_int(owner, "end_step", end_step)
+        self.end_step = _checks.integer(owner, "end_step", end_step, 1)
         self.by = by
-        self.start_value = _check_real(owner, "start_value", start_value, 0.0, low_open=True)
+        self.start_value = _checks.real(owner, "start_value", start_value, 0, low_open=True)
         if decay_rate is not None:
             if schedule not in ("exponential", "step"):
                 raise ValueError(
                     f"{owner}: `decay_rate` applies to the 'exponential' and 'step' schedules "
                     f"only, received decay_rate={decay_rate!r} with schedule={schedule!r}."
                 )
-            decay_rate = _check_real(owner, "decay_rate", decay_rate, 0.0, low_open=True)
-            if decay_rate >= 1.0:
-                raise ValueError(
-                    f"{owner}: `decay_rate` must be in (0, 1), received {decay_rate!r}."
-                )
+            decay_rate = _checks.real(
+                owner, "decay_rate", decay_rate, 0, 1, low_open=True, high_open=True
+            )
         if step_value is not None:
             if schedule != "step":
                 raise ValueError(
                     f"{owner}: `step_value` applies to the 'step' schedule only, received "
                     f"step_value={step_value!r} with schedule={schedule!r}."
                 )
-            step_value = _check_int(owner, "step_value", step_value)
+            step_value = _checks.integer(owner, "step_value", step_value, 1)
         self.decay_rate = decay_rate
         self.step_value = step_value
         self._scales: list[AncillaryScale] = []

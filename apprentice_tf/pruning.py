@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
-from apprentice_tf.compat import check_keras_object, keras
+from apprentice_tf import _checks, _graph
+from apprentice_tf.compat import keras
 
 __all__ = [
     "magnitude_prune",
@@ -47,17 +48,8 @@ def _kernel(layer: keras.layers.Layer) -> Any:
     return None
 
 
-def _check_fraction(function: str, argument: str, value: Any, low_open: bool) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (0 < value <= 1 if low_open else 0 <= value < 1)
-    if not ok:
-        interval = "(0, 1]" if low_open else "[0, 1)"
-        raise ValueError(f"{function}: `{argument}` must be in {interval}, received {value!r}.")
-    return float(value)
-
-
 def _functional(model: keras.Model, function: str) -> keras.Model:
-    check_keras_object(model, "model")
+    _checks.keras_object(function, "model", model, keras.Model)
     if isinstance(model, keras.Sequential):
         if not model.built or not model.inputs:
             raise ValueError(
@@ -113,8 +105,8 @@ def magnitude_prune(
         prune.
     """
     function = "magnitude_prune"
-    target = _check_fraction(function, "target_sparsity", target_sparsity, low_open=False)
-    initial = _check_fraction(function, "initial_sparsity", initial_sparsity, low_open=False)
+    target = _checks.real(function, "target_sparsity", target_sparsity, 0, 1, high_open=True)
+    initial = _checks.real(function, "initial_sparsity", initial_sparsity, 0, 1, high_open=True)
     for argument, value, minimum in (("begin_step", begin_step, 0), ("frequency", frequency, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(
@@ -176,14 +168,14 @@ def strip(model: keras.Model) -> keras.Model:
     The returned model has plain layers whose kernels hold the zeros; convert it to TFLite or
     distil it like any other model.
     """
-    check_keras_object(model, "model")
+    _checks.keras_object("strip", "model", model, keras.Model)
     return tfmot.sparsity.keras.strip_pruning(model)
 
 
 def weight_sparsity(model: keras.Model) -> dict[str, float]:
     """Fraction of exactly-zero weights in the kernel of each Conv2D/DepthwiseConv2D/Dense layer
     (wrapped or not), keyed by layer name."""
-    check_keras_object(model, "model")
+    _checks.keras_object("weight_sparsity", "model", model, keras.Model)
     result = {}
     for layer in model.layers:
         kernel = _kernel(layer)
@@ -195,7 +187,7 @@ def weight_sparsity(model: keras.Model) -> dict[str, float]:
 
 def total_sparsity(model: keras.Model, skip: Iterable[str] = ()) -> float:
     """Zero weights / all weights over the kernels `weight_sparsity` counts, less `skip`."""
-    check_keras_object(model, "model")
+    _checks.keras_object("total_sparsity", "model", model, keras.Model)
     skipped = set(skip)
     zeros = total = 0
     for layer in model.layers:
@@ -259,21 +251,6 @@ class _Spaces:
         self.divisor[root] = math.lcm(self.divisor[root], d)
 
 
-def _inbound_names(layer_config: dict) -> list[str]:
-    nodes = layer_config.get("inbound_nodes") or []
-    if len(nodes) > 1:
-        raise ValueError(
-            f"channel_prune: layer '{layer_config['name']}' is shared (called {len(nodes)} "
-            "times); channel_prune supports each layer called once."
-        )
-    if not nodes:
-        return []
-    node = nodes[0]
-    if isinstance(node, dict):  # Keras 3-style serialisation
-        raise ValueError("channel_prune: unsupported model config format.")
-    return [entry[0] for entry in node]
-
-
 _MERGE = (
     keras.layers.Add,
     keras.layers.Subtract,
@@ -333,7 +310,7 @@ def channel_prune(
         subclassed model.
     """
     function = "channel_prune"
-    keep = _check_fraction(function, "keep_fraction", keep_fraction, low_open=True)
+    keep = _checks.real(function, "keep_fraction", keep_fraction, 0, 1, low_open=True)
     if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
         raise ValueError(
             f"{function}: `min_channels` must be an integer >= 1, received {min_channels!r}."
@@ -358,7 +335,7 @@ def channel_prune(
         return [spaces.new(int(layer.output_shape[-1]), prunable=False)]
 
     for layer in model.layers:
-        inputs = _inbound_names(layer_configs[layer.name])
+        inputs = _graph.inbound_names(layer_configs[layer.name], "channel_prune")
         in_segments = [s for name in inputs for s in segments[name]]
         if isinstance(layer, keras.layers.InputLayer):
             shape = layer.output_shape[0] if isinstance(layer.output_shape, list) else None
@@ -432,7 +409,7 @@ def channel_prune(
         if not weights:
             continue
         target = pruned.get_layer(layer.name)
-        inputs = _inbound_names(layer_configs[layer.name])
+        inputs = _graph.inbound_names(layer_configs[layer.name], "channel_prune")
         out_idx = indices(layer.name)
         in_idx = indices(inputs[0]) if len(inputs) == 1 else None
         if type(layer) is keras.layers.Conv2D and layer.groups == 1:

@@ -9,8 +9,7 @@ stay float in Keras; the TFLite converter folds BatchNormalization into the prec
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import tensorflow_model_optimization as tfmot
@@ -21,8 +20,9 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
     QuantizeLayer,
 )
 
-from apprentice_tf.compat import check_keras_object, keras, tf
-from apprentice_tf.configs import (
+from apprentice_tf import _checks, _graph
+from apprentice_tf.compat import keras
+from apprentice_tf.quantize_configs import (
     ActivationQuantizeConfig,
     NBitQuantizeConfig,
     NoOpQuantizeConfig,
@@ -31,58 +31,17 @@ from apprentice_tf.configs import (
     _WeightQuantizeConfig,
     kernel_attribute,
 )
-from apprentice_tf.quantizers import (
-    ActivationQuantizer,
-    TernaryWeightQuantizer,
-    UniformWeightQuantizer,
-)
+from apprentice_tf.quantizers import ActivationQuantizer
 
 __all__ = [
     "quantize_model",
     "quantize_apply",
-    "quantize_scope",
-    "custom_objects",
     "WEIGHT_BITS",
     "ACTIVATION_BITS",
 ]
 
 WEIGHT_BITS = ("ternary", 2, 4, 8)
 ACTIVATION_BITS = (8, 4, None)
-
-
-def custom_objects() -> dict[str, type]:
-    """Every class apprentice_tf adds to a saved model (quantization and progressive branches).
-
-    Keyed by the names Keras stores them under; `quantize_scope()` makes them all loadable.
-    """
-    classes = (
-        TernaryQuantizeConfig,
-        NBitQuantizeConfig,
-        ActivationQuantizeConfig,
-        NoOpQuantizeConfig,
-        TernaryWeightQuantizer,
-        UniformWeightQuantizer,
-        ActivationQuantizer,
-    )
-    from apprentice_tf import progressive  # imports this module: import here, not at the top
-
-    objects = {cls.__name__: cls for cls in classes}
-    objects.update({f"apprentice_tf>{cls.__name__}": cls for cls in classes})
-    objects.update(progressive.custom_objects())
-    return objects
-
-
-@contextlib.contextmanager
-def quantize_scope() -> Iterator[None]:
-    """tfmot's `quantize_scope` extended with apprentice_tf's configs and quantizers.
-
-    Load (and save) any model made by `quantize_model` inside it::
-
-        with atf.quantize_scope():
-            model = keras.models.load_model("student.keras")
-    """
-    with tfmot.quantization.keras.quantize_scope(custom_objects()):
-        yield
 
 
 def _is_relu(layer: keras.layers.Layer) -> bool:
@@ -135,7 +94,7 @@ def fold_standalone_relus(model: keras.Model, layer_names: set[str]) -> keras.Mo
         source = inbound[0][0][0]
         if (
             source in layer_names
-            and len(_consumers(model.get_layer(source))) == 1
+            and len(_graph.consumers(model.get_layer(source))) == 1
             and by_name[source]["config"].get("activation") == "linear"
         ):
             folded[layer["name"]] = source
@@ -145,49 +104,9 @@ def fold_standalone_relus(model: keras.Model, layer_names: set[str]) -> keras.Mo
         by_name[source]["config"]["activation"] = "relu"
         config["layers"].remove(by_name[relu])
     for layer in config["layers"]:
-        _rename_references(layer.get("inbound_nodes") or [], folded)
-    _rename_references(config["output_layers"], folded)
-    rebuilt = keras.Model.from_config(config)
-    for layer in rebuilt.layers:
-        layer.set_weights(model.get_layer(layer.name).get_weights())
-    return rebuilt
-
-
-def _is_reference(value: Any) -> bool:
-    """A serialised tensor reference: ``[layer_name, node_index, tensor_index, ...]``."""
-    return (
-        isinstance(value, list)
-        and len(value) >= 3
-        and isinstance(value[0], str)
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:3])
-    )
-
-
-def _rename_references(value: Any, renamed: dict[str, str]) -> None:
-    """Point every tensor reference inside `value` (in place) from a layer to its new name.
-
-    Handles both layouts of a functional config: a node as a list of references (most layers)
-    and a node as one reference whose call keywords hold further references (operator layers,
-    ``TFOpLambda``: ``x * y`` is ``["x", 0, 0, {"y": ["y", 0, 0]}]``).
-    """
-    if _is_reference(value):
-        value[0] = renamed.get(value[0], value[0])
-        for rest in value[3:]:
-            _rename_references(rest, renamed)
-    elif isinstance(value, list):
-        for item in value:
-            _rename_references(item, renamed)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _rename_references(item, renamed)
-
-
-def _inbound(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    return [
-        inbound
-        for node in layer._inbound_nodes  # noqa: SLF001
-        for inbound in tf.nest.flatten(node.inbound_layers)
-    ]
+        _graph.rename_references(layer.get("inbound_nodes") or [], folded)
+    _graph.rename_references(config["output_layers"], folded)
+    return _graph.rebuild(config, model)
 
 
 def _adds_before_relus(model: keras.Model) -> set[str]:
@@ -201,8 +120,8 @@ def _adds_before_relus(model: keras.Model) -> set[str]:
         layer.name
         for layer in model.layers
         if isinstance(layer, keras.layers.Add)
-        and len(_consumers(layer)) == 1
-        and _is_relu(_consumers(layer)[0])
+        and len(_graph.consumers(layer)) == 1
+        and _is_relu(_graph.consumers(layer)[0])
     }
 
 
@@ -215,17 +134,17 @@ def _passthrough_layers(model: keras.Model, annotated: set[str]) -> set[str]:
     """
     marked: set[str] = set()
     for name in annotated:
-        inbound = _inbound(model.get_layer(name))
+        inbound = _graph.inbound(model.get_layer(name))
         while (
             len(inbound) == 1
             and inbound[0].name not in annotated | marked
             and not isinstance(inbound[0], keras.layers.InputLayer)
             and not _is_function_layer(inbound[0])
             and not inbound[0].weights
-            and len(_inbound(inbound[0])) == 1
+            and len(_graph.inbound(inbound[0])) == 1
         ):
             marked.add(inbound[0].name)
-            inbound = _inbound(inbound[0])
+            inbound = _graph.inbound(inbound[0])
     return marked
 
 
@@ -237,10 +156,6 @@ FUNCTION_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
 def _is_function_layer(layer: keras.layers.Layer) -> bool:
     """True for a `FUNCTION_LAYERS` layer: tfmot cannot wrap one (its call takes any arguments)."""
     return type(layer).__name__ in FUNCTION_LAYERS
-
-
-def _consumers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    return [node.outbound_layer for node in layer._outbound_nodes]  # noqa: SLF001
 
 
 def _output_quantization_points(
@@ -261,9 +176,9 @@ def _output_quantization_points(
         layer = model.get_layer(name)
         if getattr(layer.activation, "__name__", "linear") != "linear":
             continue
-        consumers = _consumers(layer)
+        consumers = _graph.consumers(layer)
         if len(consumers) == 1 and isinstance(consumers[0], keras.layers.BatchNormalization):
-            after = _consumers(consumers[0])
+            after = _graph.consumers(consumers[0])
             if not (len(after) == 1 and _is_relu(after[0])):
                 batch_norm.add(consumers[0].name)
         else:
@@ -290,16 +205,16 @@ def _producer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
     """The layer whose output reaches `layer`'s single input through weightless one-input layers
     (padding, pooling, dropout, reshape: `_passthrough_layers` makes them pass their input's
     quantization on), or None."""
-    inbound = _inbound(layer)
+    inbound = _graph.inbound(layer)
     while (
         len(inbound) == 1
         and not isinstance(inbound[0], keras.layers.InputLayer)
         and not _is_function_layer(inbound[0])
         and not inbound[0].weights
-        and len(_inbound(inbound[0])) == 1
+        and len(_graph.inbound(inbound[0])) == 1
         and not isinstance(inbound[0], (*_TFMOT_OUTPUT_QUANTIZED, keras.layers.Activation))
     ):
-        inbound = _inbound(inbound[0])
+        inbound = _graph.inbound(inbound[0])
     return inbound[0] if len(inbound) == 1 else None
 
 
@@ -357,15 +272,7 @@ def add_input_quantizers(model: keras.Model, layer_names: set[str], num_bits: in
             },
         )
         target["inbound_nodes"][0] = [[quantizer_name, 0, 0, {}]]
-    with quantize_scope():
-        rebuilt = keras.Model.from_config(config)
-    for layer in rebuilt.layers:
-        if (
-            not layer.name.endswith("_input_quant")
-            or layer.name[: -len("_input_quant")] not in layer_names
-        ):
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return rebuilt
+    return _graph.rebuild(config, model)
 
 
 def _check_rebuildable(model: keras.Model, function: str) -> None:
@@ -385,19 +292,6 @@ def _check_rebuildable(model: keras.Model, function: str) -> None:
                 "float while the layers around them are quantized), or as a custom layer "
                 "registered with `@keras.utils.register_keras_serializable()`."
             )
-
-
-def _check_bits(weight_bits: Any, activation_bits: Any) -> None:
-    if isinstance(weight_bits, bool) or weight_bits not in WEIGHT_BITS:
-        raise ValueError(
-            f"quantize_model: `weight_bits` must be one of {WEIGHT_BITS}, received "
-            f"{weight_bits!r}. Use 'ternary' for TWN ternary weights or 4 for 15-level weights."
-        )
-    if isinstance(activation_bits, bool) or activation_bits not in ACTIVATION_BITS:
-        raise ValueError(
-            f"quantize_model: `activation_bits` must be one of {ACTIVATION_BITS}, received "
-            f"{activation_bits!r}. None keeps activations float."
-        )
 
 
 def low_precision_layer_names(
@@ -431,7 +325,7 @@ def _logits_layer(model: keras.Model) -> keras.layers.Layer | None:
         return None
     layer = outputs[0]._keras_history.layer  # noqa: SLF001
     while kernel_attribute(layer) is None:
-        inbound = _inbound(layer)
+        inbound = _graph.inbound(layer)
         if len(inbound) != 1 or layer.weights or _is_function_layer(layer):
             return None
         layer = inbound[0]
@@ -469,8 +363,21 @@ def quantize_model(
       ValueError: bad bit widths, a `skip` name that is not a layer of `model`, a model with no
         layer left to quantize, or a model that is not a tf_keras model (e.g. Keras 3).
     """
-    _check_bits(weight_bits, activation_bits)
-    check_keras_object(model, "model")
+    _checks.choice(
+        "quantize_model",
+        "weight_bits",
+        weight_bits,
+        WEIGHT_BITS,
+        fix="Use 'ternary' for TWN ternary weights or 4 for 15-level weights.",
+    )
+    _checks.choice(
+        "quantize_model",
+        "activation_bits",
+        activation_bits,
+        ACTIVATION_BITS,
+        fix="None keeps activations float.",
+    )
+    _checks.keras_object("quantize_model", "model", model, keras.Model)
     _check_rebuildable(model, "quantize_model")
     skip = tuple(skip) if not isinstance(skip, str) else (skip,)
     names = {layer.name for layer in model.layers}
@@ -549,11 +456,11 @@ def _apply_export_transforms(
             return annotate(clone, quantize_config=NoOpQuantizeConfig())
         return clone
 
-    with quantize_scope():
+    with tfmot.quantization.keras.quantize_scope():
         annotated = keras.models.clone_model(model, clone_function=annotate_layer)
     for source, target in zip(model.layers, annotated.layers, strict=True):
         getattr(target, "layer", target).set_weights(source.get_weights())
-    with quantize_scope():
+    with tfmot.quantization.keras.quantize_scope():
         quantized = tfmot.quantization.keras.quantize_apply(annotated)
     _deduplicate_tracked_weights(quantized)
     refresh_weight_ranges(quantized)
@@ -584,7 +491,7 @@ def quantize_apply(model: keras.Model) -> keras.Model:
     are quantized to the configs' ``activation_bits`` (the largest, if they differ) without
     being annotated by hand, so that the TFLite file keeps the low-precision levels. Other
     annotations (e.g. `ActivationQuantizeConfig`, tfmot's own configs) are kept as given. The
-    result saves and loads through .keras, .h5 and SavedModel inside `quantize_scope()`.
+    result saves and loads through .keras, .h5 and SavedModel inside `atf.quantize_scope()`.
 
     Args:
       model: a functional or Sequential tf_keras model with `quantize_annotate_layer` layers.
@@ -596,7 +503,7 @@ def quantize_apply(model: keras.Model) -> keras.Model:
       ValueError: a model that is not tf_keras, has no annotated layer, or holds a Lambda
         layer with Python code.
     """
-    check_keras_object(model, "model")
+    _checks.keras_object("quantize_apply", "model", model, keras.Model)
     if isinstance(model, keras.Sequential):
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     configs: dict[str, Any] = {}
@@ -607,7 +514,7 @@ def quantize_apply(model: keras.Model) -> keras.Model:
             return layer.layer.__class__.from_config(layer.layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
-    with quantize_scope():
+    with tfmot.quantization.keras.quantize_scope():
         plain = keras.models.clone_model(model, clone_function=unwrap)
     for source, target in zip(model.layers, plain.layers, strict=True):
         target.set_weights(getattr(source, "layer", source).get_weights())

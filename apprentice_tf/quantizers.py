@@ -24,6 +24,7 @@ from typing import Any
 
 import tensorflow_model_optimization as tfmot
 
+from apprentice_tf import _checks
 from apprentice_tf.compat import keras, tf
 
 __all__ = [
@@ -129,13 +130,6 @@ def quantize_activation(x: tf.Tensor, num_bits: int, clip_max: tf.Tensor | float
     return tf.quantization.fake_quant_with_min_max_vars(
         x, 0.0, clip_max, num_bits=num_bits, narrow_range=False
     )
-
-
-def _check_positive_int(name: str, value: Any, owner: str, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(
-            f"{owner}: `{name}` must be an integer in [{low}, {high}], received {value!r}."
-        )
 
 
 class SettingsEquality:
@@ -320,7 +314,7 @@ class UniformWeightQuantizer(_SymmetricWeightQuantizer):
         per_tensor_storage: bool = False,
         int4_storage: bool = False,
     ) -> None:
-        _check_positive_int("num_bits", num_bits, "UniformWeightQuantizer", 2, 8)
+        _checks.integer("UniformWeightQuantizer", "num_bits", num_bits, 2, 8)
         self.num_bits = num_bits
         self.per_channel = bool(per_channel)
         self.per_tensor_storage = bool(per_tensor_storage)
@@ -355,7 +349,7 @@ class ActivationQuantizer(_SettingsQuantizer):
     """
 
     def __init__(self, num_bits: int = 8) -> None:
-        _check_positive_int("num_bits", num_bits, "ActivationQuantizer", 2, 8)
+        _checks.integer("ActivationQuantizer", "num_bits", num_bits, 2, 8)
         self.num_bits = num_bits
         self._tracker = tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
             num_bits=num_bits, per_axis=False, symmetric=False, narrow_range=False
@@ -366,6 +360,14 @@ class ActivationQuantizer(_SettingsQuantizer):
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict, **kwargs) -> tf.Tensor:
         return self._tracker(inputs, training, weights, **kwargs)
+
+    def export_form(self, int4_weights: bool = False) -> ActivationQuantizer:
+        """The quantizer a TFLite file stores: k < 8 bits become 8 over the same range.
+
+        LiteRT has no kernels for 4-bit activations (see `apprentice_tf.tflite.convert`).
+        `int4_weights` does not concern activations.
+        """
+        return ActivationQuantizer(max(self.num_bits, 8))
 
     def get_config(self) -> dict[str, Any]:
         return {"num_bits": self.num_bits}

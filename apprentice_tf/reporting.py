@@ -1,22 +1,24 @@
-"""Results as a user reads them: markdown tables, JSON written atomically, PNG plots.
+"""Results as a user reads them: markdown tables and PNG plots.
 
-Every writer goes through a temporary file in the target directory and `os.replace`, so an
-interrupted run never leaves a half-written results.json behind.
+The files themselves are written by `apprentice_tf._io` (atomically: a temporary file, then
+`os.replace`); its writers and `machine_info` are re-exported here, the public module recipes and
+benchmarks write their results through.
+
+Plots use Matplotlib's object-oriented API (`matplotlib.figure.Figure`, no pyplot), so importing
+this module selects no backend and changes no global state.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import platform
-import tempfile
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+
+from apprentice_tf._io import SIMD_FLAGS, machine_info, write_bytes, write_json, write_text
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -42,43 +44,6 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("gzip_bytes", "gzip B"),
     ("packed_bytes", "packed B (ideal)"),
 )
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temporary file, then rename); returns the path.
-
-    The file gets the permissions a plain `open` would give it (0666 less the umask), not the
-    temporary file's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)
-    os.replace(handle.name, path)
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically; see `write_bytes`."""
-    return write_bytes(path, text.encode("utf-8"))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"write_json: cannot serialise {type(value).__name__} {value!r}")
-
-
-def write_json(path: str | os.PathLike, payload: Any) -> Path:
-    """Write `payload` as indented JSON, atomically (NumPy scalars and arrays allowed)."""
-    return write_text(path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
 
 
 def _cell(value: Any) -> str:
@@ -107,77 +72,6 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table(rows, RESULT_COLUMNS)
 
 
-#: CPU features that decide which LiteRT/XNNPACK kernels run: int8 convolutions are several
-#: times faster with AVX-512 VNNI (or AVX-VNNI) than with AVX2 alone.
-SIMD_FLAGS: tuple[str, ...] = (
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_int8",
-    "asimd",
-    "asimddp",
-    "i8mm",
-)
-
-
-def machine_info(num_threads: int | None = None) -> dict[str, Any]:
-    """CPU model, family/model numbers, SIMD flags, core count, versions, threads, date (UTC).
-
-    Read from /proc/cpuinfo and package metadata; TensorFlow is not imported, so the
-    `apprentice-tf bench` command can call this. ``cpu_flags`` lists the `SIMD_FLAGS` the CPU
-    has: a virtual machine may report only "AMD EPYC" as its model name, and the flags (with
-    ``cpu_family_model``, e.g. "25/1" for Zen 3, "25/17" for Zen 4) tell the machines apart.
-    """
-    cpu = platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if not key and fields:
-                break  # first processor only
-            fields.setdefault(key, value.strip())
-    cpu = fields.get("model name", cpu)
-    flags = set(fields.get("flags", fields.get("Features", "")).split())
-
-    def version(package: str) -> str | None:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "cpu": cpu,
-        "cpu_family_model": (
-            f"{fields['cpu family']}/{fields['model']}"
-            if "cpu family" in fields and "model" in fields
-            else None
-        ),
-        "cpu_flags": " ".join(flag for flag in SIMD_FLAGS if flag in flags) or None,
-        "cores": os.cpu_count(),
-        "threads": num_threads,
-        "tensorflow": version("tensorflow"),
-        "ai_edge_litert": version("ai-edge-litert"),
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-    }
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(
     curves: Mapping[str, Sequence[float]],
     path: str | os.PathLike,
@@ -186,8 +80,8 @@ def plot_curves(
     title: str | None = None,
 ) -> Path:
     """One line per named series (e.g. validation accuracy per epoch of each run), as a PNG."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
     ax.set_xlabel(xlabel)
@@ -200,7 +94,6 @@ def plot_curves(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -212,8 +105,8 @@ def plot_accuracy_vs_size(
     label_key: str = "scheme",
 ) -> Path:
     """Accuracy against model size (log scale), one labelled point per row, as a PNG."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for row in rows:
         if row.get(size_key) is None or row.get(accuracy_key) is None:
             continue
@@ -227,5 +120,4 @@ def plot_accuracy_vs_size(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -21,13 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from apprentice_tf import litert, reporting
-from apprentice_tf.compat import check_keras_object, keras, tf
-from apprentice_tf.configs import (
-    ActivationQuantizeConfig,
-    NBitQuantizeConfig,
-    TernaryQuantizeConfig,
-)
+from apprentice_tf import _checks, _io, litert
+from apprentice_tf.compat import keras, tf
 from apprentice_tf.litert import (
     Latency,
     OpPlacement,
@@ -46,7 +41,12 @@ from apprentice_tf.litert import (
     size_report,
     store_ternary_dense_as_int2,
 )
-from apprentice_tf.quantize import quantize_scope
+from apprentice_tf.quantize_configs import (
+    ActivationQuantizeConfig,
+    NBitQuantizeConfig,
+    TernaryQuantizeConfig,
+)
+from apprentice_tf.saving import custom_objects, quantize_scope
 
 __all__ = [
     "convert",
@@ -162,7 +162,7 @@ def convert(
       RuntimeError: `verify` found a layer whose levels were not kept.
       ValueError: `model` has activations below 8 bits and `widen_activations` is False.
     """
-    check_keras_object(model, "model")
+    _checks.keras_object("convert", "model", model, keras.Model)
     narrow = narrow_activation_layers(model)
     if narrow and not widen_activations:
         raise ValueError(
@@ -186,7 +186,7 @@ def convert(
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         flatbuffer = converter.convert()
     path.parent.mkdir(parents=True, exist_ok=True)
-    reporting.write_bytes(path, flatbuffer)
+    _io.write_bytes(path, flatbuffer)
     if int2_dense:
         _store_int2_dense(model, path)
     weights = inspect(path)
@@ -239,39 +239,29 @@ def _store_int2_dense(model: keras.Model, path: Path) -> None:
         )
 
 
-def _set_export_settings(config: Any, int4_weights: bool) -> bool:
-    """Rewrite a serialized model config for export; True if anything changed.
+def _set_export_settings(config: Any, int4_weights: bool, known: dict[str, type]) -> bool:
+    """Replace, in a serialized model config, every object that has an export form by it.
 
-    Activation widths below 8 become 8, and every weight config's ``int4_storage`` becomes
-    `int4_weights`.
+    Each apprentice_tf object found (by its stored class name, in `known`) whose class has
+    ``export_form`` (the quantize configs, `ActivationQuantizer`) is rebuilt from its config and
+    asked for its export form (``export_form(int4_weights)``); its stored config becomes that
+    form's ``get_config()``. True if anything changed.
     """
     changed = False
     if isinstance(config, dict):
-        name = str(config.get("class_name", "")).split(">")[-1]
+        cls = known.get(str(config.get("class_name", "")))
         settings = config.get("config")
-        if isinstance(settings, dict):
-            for key in _ACTIVATION_WIDTH_KEYS.get(name, ()):
-                if settings.get(key) is not None and settings[key] < 8:
-                    settings[key] = 8
-                    changed = True
-            if name in _WEIGHT_CONFIGS and settings.get("int4_storage", False) != int4_weights:
-                settings["int4_storage"] = int4_weights
+        if isinstance(settings, dict) and hasattr(cls, "export_form"):
+            exported = cls.from_config(settings).export_form(int4_weights).get_config()
+            if exported != settings:
+                config["config"] = exported
                 changed = True
         for value in config.values():
-            changed = _set_export_settings(value, int4_weights) or changed
+            changed = _set_export_settings(value, int4_weights, known) or changed
     elif isinstance(config, list):
         for value in config:
-            changed = _set_export_settings(value, int4_weights) or changed
+            changed = _set_export_settings(value, int4_weights, known) or changed
     return changed
-
-
-_ACTIVATION_WIDTH_KEYS = {
-    "ActivationQuantizeConfig": ("num_bits",),
-    "ActivationQuantizer": ("num_bits",),
-    "TernaryQuantizeConfig": ("activation_bits",),
-    "NBitQuantizeConfig": ("activation_bits",),
-}
-_WEIGHT_CONFIGS = ("TernaryQuantizeConfig", "NBitQuantizeConfig")
 
 
 def _export_copy(model: keras.Model, int4_weights: bool) -> keras.Model:
@@ -285,7 +275,7 @@ def _export_copy(model: keras.Model, int4_weights: bool) -> keras.Model:
     The copy shares nothing with `model`; its weights are copied.
     """
     config = model.get_config()
-    if not _set_export_settings(config, int4_weights):
+    if not _set_export_settings(config, int4_weights, custom_objects()):
         return model
     with quantize_scope():
         copy = model.__class__.from_config(config)

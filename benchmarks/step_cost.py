@@ -120,7 +120,9 @@ def main(argv: list[str]) -> None:
     def distiller(cached_logits: bool = False, train_teacher: bool = False):
         student = atf.quantize_model(resnet.resnet20(num_classes=10), "ternary", 8)
         net = resnet.resnet56(num_classes=10) if train_teacher else teacher
-        d = atf.Distiller(student, None if cached_logits else net, train_teacher=train_teacher)
+        d = atf.Distiller(
+            student=student, teacher=None if cached_logits else net, train_teacher=train_teacher
+        )
         d.compile(_sgd())
         return _train_step(d, cached if cached_logits else batch)
 

@@ -70,8 +70,9 @@ from typing import Any
 from absl import app, flags
 
 from apprentice_tf import data
+from apprentice_tf.caching import cache_teacher_logits
 from apprentice_tf.compat import keras, tf
-from apprentice_tf.distiller import Distiller, cache_teacher_logits
+from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import cifar_resnet
 from apprentice_tf.quantize import quantize_model
 
@@ -664,7 +665,9 @@ def _train(
         keras.utils.set_random_seed(config.seed)  # same student initialisation as the baseline
         student = _quantize(_build_student(config, setup.num_classes), setup)
         teacher = _build_teacher(config, setup.num_classes)
-        distiller = Distiller(student, teacher, train_teacher=True, **_distiller_kwargs(config))
+        distiller = Distiller(
+            student=student, teacher=teacher, train_teacher=True, **_distiller_kwargs(config)
+        )
         history = _distill(distiller, config, out, config.epochs, config.learning_rate, teacher)
         curves["teacher (A, joint)"] = _val(history, "val_teacher_accuracy")
         curves["distilled (A)"] = _val(history)
@@ -676,7 +679,7 @@ def _train(
         baseline = _baseline(config, setup, curves)
         keras.utils.set_random_seed(config.seed)
         student = _quantize(_build_student(config, setup.num_classes), setup)
-        distiller = Distiller(student, teacher, **_distiller_kwargs(config))
+        distiller = Distiller(student=student, teacher=teacher, **_distiller_kwargs(config))
         history = _distill(distiller, config, out, config.epochs, config.learning_rate, teacher)
         curves["distilled (B)"] = _val(history)
         return teacher, baseline, distiller.student, curves

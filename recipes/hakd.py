@@ -17,7 +17,7 @@
    `--weight_bits`/`--activation_bits`) learns from the frozen teacher with
    L = β·H(y, p_S) + γ·τ²·H(p_T(τ), p_S(τ)) (Mishra & Marr's weights; `--alpha` has no effect with
    a frozen teacher) plus, with `--attention_beta` > 0, attention transfer
-   β_AT·Σ_j d(a_T,j, a_S,j) over the stages of equal resolution (`AttentionDistiller`).
+   β_AT·Σ_j d(a_T,j, a_S,j) over the stages of equal resolution (`losses.AttentionTransfer`).
 5. **Baselines at about equal latency**, both from the trained teacher and fine-tuned on labels for
    `--epochs` epochs at `--finetune_learning_rate`: magnitude pruning (tfmot
    `prune_low_magnitude`, Deep Compression's first stage; its dense kernels keep the teacher's
@@ -62,9 +62,6 @@ from ._common import RecipeError
 
 __all__ = [
     "HAKDConfig",
-    "AttentionDistiller",
-    "feature_layers",
-    "match_stages",
     "validate",
     "run",
     "define_flags",
@@ -168,178 +165,6 @@ _HELP: dict[str, str] = {
     "threads": "TensorFlow intra/inter-op threads for training (0: TensorFlow's default).",
     "verbose": "0 silent, 1 progress bars.",
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Attention transfer on top of the Distiller
-
-
-def feature_layers(model: keras.Model) -> dict[tuple[int, int], str]:
-    """{(height, width): name of the last layer, in model order, with a 4-D output of that size}.
-
-    The last layer at a resolution is the output of that stage of the network (e.g. a ResNet
-    stage's final ReLU, a MobileNet stage's last pointwise ReLU).
-    """
-    found: dict[tuple[int, int], str] = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        shape = layer.output_shape
-        if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[2]:
-            found[(int(shape[1]), int(shape[2]))] = layer.name
-    return found
-
-
-def match_stages(teacher: keras.Model, student: keras.Model) -> list[tuple[str, str]]:
-    """(teacher layer, student layer) at each resolution both networks have, largest first."""
-    ours, theirs = feature_layers(teacher), feature_layers(student)
-    return [(ours[size], theirs[size]) for size in sorted(set(ours) & set(theirs), reverse=True)]
-
-
-@keras.utils.register_keras_serializable(package="apprentice_tf_recipes")
-class AttentionDistiller(Distiller):
-    """A frozen-teacher `Distiller` whose student loss adds attention transfer (HAKD).
-
-    Per example, the student minimises
-
-        β·H(y, p_S) + γ·τ²·H(p_T(τ), p_S(τ)) + β_AT·Σ_j d(a_T,j, a_S,j)
-
-    where a = vec(mean_c F_c²)/‖·‖₂ is the attention map of the named feature layer of stage j
-    (Zagoruyko & Komodakis, ICLR 2017; used by HAKD after Moonshine, Crowley et al. 2018) and d is
-    `losses.attention_transfer_loss`'s `form`. Teacher and student are each run once per step,
-    through sub-models that return the logits and the stage features; the teacher's maps are a
-    stop-gradient target. The ``attention`` metric logs β_AT·Σ_j d.
-
-    Args:
-      student, teacher: as `Distiller` (the teacher is required and frozen).
-      stages: (teacher layer name, student layer name) pairs of equal spatial size, e.g. from
-        `match_stages`.
-      attention_beta: β_AT >= 0 (Moonshine: 1000 with ``form="squared_mean"``).
-      attention_form: ``"squared_mean"`` or ``"norm"`` (see `losses.attention_transfer_loss`).
-      **kwargs: `Distiller`'s beta, gamma, temperature, alpha (``train_teacher`` must be False).
-    """
-
-    def __init__(
-        self,
-        student: keras.Model,
-        teacher: keras.Model,
-        stages: Sequence[Sequence[str]] = (),
-        attention_beta: float = 1000.0,
-        attention_form: str = "squared_mean",
-        **kwargs: Any,
-    ) -> None:
-        if kwargs.get("train_teacher"):
-            raise ValueError(
-                "AttentionDistiller: attention transfer distils from a frozen teacher; received "
-                "train_teacher=True."
-            )
-        kwargs.pop("train_teacher", None)
-        if teacher is None:
-            raise ValueError("AttentionDistiller: attention transfer needs a `teacher`.")
-        super().__init__(student, teacher, **kwargs)
-        stages = tuple((str(t), str(s)) for t, s in stages)
-        if not stages:
-            raise ValueError(
-                "AttentionDistiller: `stages` is empty; pass (teacher layer, student layer) pairs "
-                "of equal spatial size (see match_stages)."
-            )
-        if attention_form not in AT_FORMS:
-            raise ValueError(
-                f"AttentionDistiller: `attention_form` must be one of {AT_FORMS}, received "
-                f"{attention_form!r}."
-            )
-        if not 0 <= float(attention_beta) < math.inf:
-            raise ValueError(
-                "AttentionDistiller: `attention_beta` must be a finite number >= 0, received "
-                f"{attention_beta!r}."
-            )
-        for model, index, role in ((teacher, 0, "teacher"), (student, 1, "student")):
-            names = {layer.name for layer in model.layers}
-            missing = [pair[index] for pair in stages if pair[index] not in names]
-            if missing:
-                raise ValueError(
-                    f"AttentionDistiller: {role} '{model.name}' has no layer(s) {missing}."
-                )
-        self.stages = stages
-        self.attention_beta = float(attention_beta)
-        self.attention_form = attention_form
-        self.student_taps = keras.Model(
-            student.inputs,
-            [student.outputs[0], *[student.get_layer(s).output for _, s in stages]],
-            name=f"{student.name}_taps",
-        )
-        self.teacher_taps = keras.Model(
-            teacher.inputs,
-            [teacher.outputs[0], *[teacher.get_layer(t).output for t, _ in stages]],
-            name=f"{teacher.name}_taps",
-        )
-        self.attention_tracker = keras.metrics.Mean(name="attention")
-
-    @property
-    def metrics(self) -> list[keras.metrics.Metric]:
-        """The Distiller's trackers and the attention tracker."""
-        return [*super().metrics, self.attention_tracker]
-
-    def _terms(
-        self, x: Any, y: Any, cached: tf.Tensor | None, training: bool
-    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """The Distiller's per-example terms (frozen teacher) plus ``attention``."""
-        if cached is not None:
-            raise ValueError(
-                "AttentionDistiller: cached teacher logits carry no features; attention transfer "
-                "runs the teacher. Pass (x, y) batches."
-            )
-        student_logits, *student_features = self.student_taps(x, training=training)
-        teacher_logits, *teacher_features = self.teacher_taps(x, training=False)
-        teacher_logits = tf.cast(teacher_logits, tf.float32)
-        terms: dict[str, tf.Tensor] = {
-            "distillation": losses.distillation_loss(
-                teacher_logits, student_logits, self.temperature, reduction="none"
-            ),
-            "attention": losses.attention_transfer_loss(
-                teacher_features,
-                student_features,
-                self.attention_beta,
-                form=self.attention_form,
-                reduction="none",
-            ),
-        }
-        if y is not None:
-            terms["student_ce"] = losses.cross_entropy(y, student_logits, reduction="none")
-            if not training:
-                terms["teacher_ce"] = losses.cross_entropy(y, teacher_logits, reduction="none")
-                labels = tf.convert_to_tensor(y)
-                if labels.shape.rank == 2 and labels.shape[-1] == 1:
-                    labels = tf.squeeze(labels, -1)
-                elif labels.shape.rank == 2:
-                    labels = tf.argmax(labels, -1)
-                self.teacher_accuracy.update_state(labels, teacher_logits)
-        return student_logits, terms
-
-    def _student_per_example(self, terms: dict[str, tf.Tensor]) -> tf.Tensor:
-        return super()._student_per_example(terms) + terms["attention"]
-
-    def _logs(
-        self,
-        y: Any,
-        student_logits: tf.Tensor,
-        terms: dict[str, tf.Tensor],
-        total: tf.Tensor,
-        weights: tf.Tensor | None = None,
-    ) -> dict[str, tf.Tensor]:
-        logs = super()._logs(y, student_logits, terms, total, weights)
-        self.attention_tracker.update_state(terms["attention"])
-        logs["attention"] = self.attention_tracker.result()
-        return logs
-
-    def get_config(self) -> dict[str, Any]:
-        """`Distiller.get_config` plus the stages and the attention settings."""
-        return {
-            **super().get_config(),
-            "stages": [list(pair) for pair in self.stages],
-            "attention_beta": self.attention_beta,
-            "attention_form": self.attention_form,
-        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -919,19 +744,15 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         "gamma": config.gamma,
         "temperature": config.temperature,
     }
-    stages = match_stages(teacher, student) if config.attention_beta > 0 else []
+    stages = losses.match_stages(teacher, student) if config.attention_beta > 0 else []
     if stages:
-        distiller: Distiller = AttentionDistiller(
-            student,
-            teacher,
-            stages=stages,
-            attention_beta=config.attention_beta,
-            attention_form=config.attention_form,
-            **kd,
+        attention = losses.AttentionTransfer(
+            stages, weight=config.attention_beta, form=config.attention_form
         )
+        distiller = Distiller(student=student, teacher=teacher, extra_terms=[attention], **kd)
         scheme = "HAKD (KD+AT)"
     else:
-        distiller = Distiller(student, teacher, **kd)
+        distiller = Distiller(student=student, teacher=teacher, **kd)
         scheme = "HAKD (KD)"
     extra["attention_stages"] = stages
     distiller.compile(

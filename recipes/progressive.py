@@ -327,7 +327,7 @@ def _fit(
             metrics=["accuracy"],
         )
     else:
-        model = Distiller(student, teacher)
+        model = Distiller(student=student, teacher=teacher)
         model.compile(optimizer=_optimizer(config, total_steps), metrics=["accuracy"])
     return train_stage(
         stage,

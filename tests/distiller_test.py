@@ -12,11 +12,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import blobs, tiny_cnn
 
 from apprentice_tf import losses
+from apprentice_tf.caching import cache_teacher_logits
 from apprentice_tf.compat import keras, tf
-from apprentice_tf.distiller import Distiller, cache_teacher_logits
-from apprentice_tf.quantize import quantize_model, quantize_scope
+from apprentice_tf.distiller import Distiller
+from apprentice_tf.quantize import quantize_model
+from apprentice_tf.saving import quantize_scope
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -92,7 +95,7 @@ def test_scheme_b_teacher_is_bit_identical_and_student_moves():
     teacher_before, student_before = copy_weights(teacher), copy_weights(student)
     moving_before = [bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()]
 
-    d = Distiller(student, teacher, alpha=1.0, beta=0.5, gamma=0.5)
+    d = Distiller(student=student, teacher=teacher, alpha=1.0, beta=0.5, gamma=0.5)
     assert teacher.trainable is False
     d.compile(optimizer=keras.optimizers.Adam(0.05), metrics=["accuracy"])
     history = d.fit(batches(x, y), epochs=2, verbose=0).history
@@ -112,7 +115,7 @@ def test_scheme_a_moves_both_networks_with_two_optimizers():
     student = mlp(6, "student", seed=2)
     teacher_before, student_before = copy_weights(teacher), copy_weights(student)
 
-    d = Distiller(student, teacher, train_teacher=True)
+    d = Distiller(student=student, teacher=teacher, train_teacher=True)
     d.compile(optimizer=keras.optimizers.Adam(0.05), metrics=["accuracy"])
     history = d.fit(batches(x, y), epochs=2, verbose=0).history
 
@@ -129,7 +132,9 @@ def test_scheme_a_moves_both_networks_with_two_optimizers():
 def test_alpha_is_ignored_and_teacher_frozen_without_train_teacher():
     x, y = toy_data()
     teacher = mlp(8, "teacher", seed=1)
-    d = Distiller(mlp(6, "student", seed=2), teacher, alpha=5.0, train_teacher=False)
+    d = Distiller(
+        student=mlp(6, "student", seed=2), teacher=teacher, alpha=5.0, train_teacher=False
+    )
     d.compile(optimizer="sgd")
     before = copy_weights(teacher)
     d.fit(batches(x, y), epochs=1, verbose=0)
@@ -153,7 +158,15 @@ def test_logged_terms_equal_numpy_on_one_batch(train_teacher, alpha, beta, gamma
     x, y = toy_data(16)
     teacher, student = mlp(8, "teacher", seed=1), mlp(6, "student", seed=2)
     z_t, z_s = teacher(x).numpy().astype(np.float64), student(x).numpy().astype(np.float64)
-    d = Distiller(student, teacher, alpha, beta, gamma, tau, train_teacher=train_teacher)
+    d = Distiller(
+        student=student,
+        teacher=teacher,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        temperature=tau,
+        train_teacher=train_teacher,
+    )
     d.compile(optimizer=keras.optimizers.SGD(0.1))
     logs = {k: v[0] for k, v in d.fit(batches(x, y), epochs=1, verbose=0).history.items()}
 
@@ -211,7 +224,15 @@ def test_sample_and_class_weights_weigh_every_term_as_numpy_does(route, train_te
     teacher, student = mlp(8, "teacher", seed=1), mlp(6, "student", seed=2)
     z_t, z_s = teacher(x).numpy().astype(np.float64), student(x).numpy().astype(np.float64)
     alpha, beta, gamma, tau = 1.0, 0.5, 0.7, 2.0
-    d = Distiller(student, teacher, alpha, beta, gamma, tau, train_teacher=train_teacher)
+    d = Distiller(
+        student=student,
+        teacher=teacher,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        temperature=tau,
+        train_teacher=train_teacher,
+    )
     d.compile(optimizer=keras.optimizers.SGD(0.1))
     w = np.ones(16)
     fit = {"epochs": 1, "verbose": 0}
@@ -233,7 +254,9 @@ def test_sample_and_class_weights_weigh_every_term_as_numpy_does(route, train_te
     else:
         logits = z_t.astype(np.float32)
         data = tf.data.Dataset.from_tensor_slices((x, y, logits, WEIGHTS)).batch(16)
-        history = Distiller(student, None, alpha, beta, gamma, tau)
+        history = Distiller(
+            student=student, teacher=None, alpha=alpha, beta=beta, gamma=gamma, temperature=tau
+        )
         history.compile(optimizer=keras.optimizers.SGD(0.1))
         history = history.fit(data, **fit)
         w = WEIGHTS
@@ -252,7 +275,7 @@ def test_a_zero_weight_example_does_not_move_the_student():
     x, y = toy_data(16)
     student = mlp(6, "student", seed=2)
     before = copy_weights(student)
-    d = Distiller(student, mlp(8, "teacher", seed=1))
+    d = Distiller(student=student, teacher=mlp(8, "teacher", seed=1))
     d.compile(optimizer=keras.optimizers.SGD(0.5))
     d.fit(x, y, sample_weight=np.zeros(16, np.float32), batch_size=8, verbose=0)
     for a, b in zip(before, student.get_weights(), strict=True):
@@ -292,7 +315,7 @@ def test_regularization_losses_are_added_and_trained():
     student = keras.Model(inputs, outputs)
     kernel = student.layers[1].kernel.numpy().copy()
     terms = losses.apprentice_loss(y, teacher(x), student(x), 1.0, 0.5, 0.5, 1.0)
-    d = Distiller(student, teacher)
+    d = Distiller(student=student, teacher=teacher)
     d.compile(optimizer=keras.optimizers.SGD(0.1))
     logs = d.fit(batches(x, y), epochs=1, verbose=0).history
     expected = 0.5 * float(terms["student_ce"]) + 0.5 * float(terms["distillation"])
@@ -317,7 +340,15 @@ def test_one_sgd_step_applies_exactly_the_apprentice_gradients():
     g_kd = tape.gradient(losses.distillation_loss(z_t, z_s, tau), teacher.trainable_variables)
     assert all(g is None or not np.any(g.numpy()) for g in g_kd)
 
-    d = Distiller(student, teacher, alpha, beta, gamma, tau, train_teacher=True)
+    d = Distiller(
+        student=student,
+        teacher=teacher,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        temperature=tau,
+        train_teacher=True,
+    )
     d.compile(optimizer=keras.optimizers.SGD(lr))
     d.fit(batches(x, y), epochs=1, verbose=0)
     for before, grad, after in zip(t0, g_t, teacher.get_weights(), strict=True):
@@ -331,7 +362,9 @@ def test_one_hot_labels_give_the_same_logs_as_class_ids():
     logs = []
     for labels in (y, np.eye(3, dtype=np.float32)[y]):
         keras.utils.set_random_seed(0)
-        d = Distiller(mlp(6, "student", seed=2), mlp(8, "teacher", seed=1), train_teacher=True)
+        d = Distiller(
+            student=mlp(6, "student", seed=2), teacher=mlp(8, "teacher", seed=1), train_teacher=True
+        )
         d.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"])
         history = d.fit(batches(x, labels), epochs=2, verbose=0).history
         logs.append((history, d.evaluate(batches(x, labels), verbose=0, return_dict=True)))
@@ -343,7 +376,7 @@ def test_one_hot_labels_give_the_same_logs_as_class_ids():
 def test_label_free_distillation_with_beta_zero():
     x, _ = toy_data()
     teacher, student = mlp(8, "teacher", seed=1), mlp(6, "student", seed=2)
-    d = Distiller(student, teacher, beta=0.0, gamma=1.0)
+    d = Distiller(student=student, teacher=teacher, beta=0.0, gamma=1.0)
     d.compile(optimizer=keras.optimizers.Adam(0.05))
     history = d.fit(tf.data.Dataset.from_tensor_slices(x).batch(16), epochs=3, verbose=0).history
     assert set(history) == {"loss", "distillation"}
@@ -352,7 +385,7 @@ def test_label_free_distillation_with_beta_zero():
 
 def test_metrics_are_reset_between_evaluations():
     x, y = toy_data(64)
-    d = Distiller(mlp(6, "student", seed=2), mlp(8, "teacher", seed=1))
+    d = Distiller(student=mlp(6, "student", seed=2), teacher=mlp(8, "teacher", seed=1))
     d.compile(optimizer="sgd", metrics=["accuracy"])
     first, second = batches(x[:32], y[:32]), batches(x[32:], y[32:])
     d.evaluate(first, verbose=0)
@@ -378,7 +411,9 @@ def test_metrics_are_reset_between_evaluations():
 def test_stock_callbacks_work_in_one_fit(tmp_path):
     x, y = toy_data(64)
     train, val = batches(x[:48], y[:48]), batches(x[48:], y[48:])
-    d = Distiller(mlp(6, "student", seed=2), mlp(8, "teacher", seed=1), train_teacher=True)
+    d = Distiller(
+        student=mlp(6, "student", seed=2), teacher=mlp(8, "teacher", seed=1), train_teacher=True
+    )
     d.compile(optimizer=keras.optimizers.Adam(0.01), metrics=["accuracy"])
     checkpoint = tmp_path / "best.keras"
     callbacks = [
@@ -409,7 +444,9 @@ def test_tensorboard_logs_every_term(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     x, y = toy_data(64)
-    d = Distiller(mlp(6, "student", seed=2), mlp(8, "teacher", seed=1), train_teacher=True)
+    d = Distiller(
+        student=mlp(6, "student", seed=2), teacher=mlp(8, "teacher", seed=1), train_teacher=True
+    )
     d.compile(optimizer=keras.optimizers.Adam(0.01), metrics=["accuracy"])
     callback = keras.callbacks.TensorBoard(log_dir=str(tmp_path / "tb"), histogram_freq=1)
     d.fit(
@@ -434,7 +471,7 @@ def test_terminate_on_nan_stops_a_diverging_fit():
     student = mlp(6, "student", seed=2)
     kernel, bias = student.layers[-1].get_weights()
     student.layers[-1].set_weights([kernel, np.full_like(bias, np.nan)])
-    d = Distiller(student, mlp(8, "teacher", seed=1))
+    d = Distiller(student=student, teacher=mlp(8, "teacher", seed=1))
     d.compile(optimizer="sgd")
     history = d.fit(
         batches(x, y), epochs=3, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()]
@@ -450,7 +487,7 @@ def test_terminate_on_nan_stops_a_diverging_fit():
 def _fit_history(dataset, teacher):
     keras.utils.set_random_seed(3)
     student = mlp(6, "student", seed=2)
-    d = Distiller(student, teacher, gamma=0.7, temperature=2.0)
+    d = Distiller(student=student, teacher=teacher, gamma=0.7, temperature=2.0)
     d.compile(optimizer=keras.optimizers.Adam(0.05), metrics=["accuracy"])
     history = d.fit(dataset, epochs=3, verbose=0).history
     return history, student.get_weights(), d.evaluate(dataset, verbose=0, return_dict=True)
@@ -547,7 +584,7 @@ def _nondeterministic():
 
 
 class _Keras3Model:
-    """Stands in for a Keras 3 model: check_keras_object looks at the class's module."""
+    """Stands in for a Keras 3 model: _checks.keras_object looks at the class's module."""
 
     __module__ = "keras.src.models.sequential"
 
@@ -640,7 +677,7 @@ def test_bad_settings_raise_value_errors_naming_what_was_received(make, match):
 
 def test_bad_compile_and_data_raise_value_errors():
     x, y = toy_data(16)
-    d = Distiller(mlp(6, "student"), mlp(8, "teacher", seed=1))
+    d = Distiller(student=mlp(6, "student"), teacher=mlp(8, "teacher", seed=1))
     with pytest.raises(ValueError, match="do not pass `loss`"):
         d.compile(optimizer="sgd", loss="mse")
     d.compile(optimizer="sgd")
@@ -649,18 +686,18 @@ def test_bad_compile_and_data_raise_value_errors():
         d.fit(rank3, verbose=0)
     with pytest.raises(ValueError, match="class_weight"):
         d.fit(batches(x, y), class_weight={"cat": 2.0}, verbose=0)
-    no_teacher = Distiller(mlp(6, "student2"), None)
+    no_teacher = Distiller(student=mlp(6, "student2"), teacher=None)
     no_teacher.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="needs teacher logits"):
         no_teacher.fit(batches(x, y), verbose=0)
     with pytest.raises(ValueError, match="no labels"):
         no_teacher.fit(tf.data.Dataset.from_tensor_slices(x).batch(8), verbose=0)
-    unlabelled = Distiller(mlp(6, "student4"), None, beta=0.0, gamma=1.0)
+    unlabelled = Distiller(student=mlp(6, "student4"), teacher=None, beta=0.0, gamma=1.0)
     unlabelled.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="nothing to compute"):
         unlabelled.evaluate(tf.data.Dataset.from_tensor_slices(x).batch(8), verbose=0)
     cached = cache_teacher_logits(mlp(8, "t"), batches(x, y), assume_deterministic=True, verbose=0)
-    joint = Distiller(mlp(6, "student3"), mlp(8, "teacher3"), train_teacher=True)
+    joint = Distiller(student=mlp(6, "student3"), teacher=mlp(8, "teacher3"), train_teacher=True)
     joint.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="train_teacher=True"):
         joint.fit(cached, verbose=0)
@@ -679,8 +716,8 @@ def _json_round_trip(distiller):
 
 def test_json_round_trip_float_scheme_a_with_teacher_optimizer():
     d = Distiller(
-        mlp(6, "student"),
-        mlp(8, "teacher", batch_norm=True),
+        student=mlp(6, "student"),
+        teacher=mlp(8, "teacher", batch_norm=True),
         alpha=0.9,
         beta=0.4,
         gamma=0.6,
@@ -701,12 +738,12 @@ def test_json_round_trip_float_scheme_a_with_teacher_optimizer():
 def test_json_round_trip_quantized_student_and_cached_only():
     student = quantize_model(mlp(8, "student", depth=2), weight_bits="ternary")
     with quantize_scope():
-        rebuilt = _json_round_trip(Distiller(student, mlp(8, "teacher")))
+        rebuilt = _json_round_trip(Distiller(student=student, teacher=mlp(8, "teacher")))
         assert [type(layer).__name__ for layer in rebuilt.student.layers] == [
             type(layer).__name__ for layer in student.layers
         ]
         assert rebuilt.teacher.trainable is False
-    assert _json_round_trip(Distiller(mlp(6, "student"), None)).teacher is None
+    assert _json_round_trip(Distiller(student=mlp(6, "student"), teacher=None)).teacher is None
 
 
 def _predict_after_reload(model, path, x):
@@ -718,7 +755,7 @@ def _predict_after_reload(model, path, x):
 
 def test_saved_float_student_predicts_identically(tmp_path):
     x, y = toy_data()
-    d = Distiller(mlp(6, "student", batch_norm=True), mlp(8, "teacher", seed=1))
+    d = Distiller(student=mlp(6, "student", batch_norm=True), teacher=mlp(8, "teacher", seed=1))
     d.compile(optimizer="adam")
     d.fit(batches(x, y), epochs=1, verbose=0)
     before, after = _predict_after_reload(d.student, tmp_path / "student.keras", x)
@@ -729,7 +766,7 @@ def test_saved_float_student_predicts_identically(tmp_path):
 def test_saved_ternary_student_predicts_identically(tmp_path, suffix):
     x, y = toy_data()
     student = quantize_model(mlp(8, "student", depth=2), weight_bits="ternary")
-    d = Distiller(student, mlp(8, "teacher", seed=1))
+    d = Distiller(student=student, teacher=mlp(8, "teacher", seed=1))
     d.compile(optimizer="adam")
     d.fit(batches(x, y), epochs=1, verbose=0)
     before, after = _predict_after_reload(d.student, tmp_path / f"student{suffix}", x)
@@ -738,7 +775,9 @@ def test_saved_ternary_student_predicts_identically(tmp_path, suffix):
 
 def test_saved_distiller_restores_both_optimizers(tmp_path):
     x, y = toy_data()
-    d = Distiller(mlp(6, "student"), mlp(8, "teacher", batch_norm=True), train_teacher=True)
+    d = Distiller(
+        student=mlp(6, "student"), teacher=mlp(8, "teacher", batch_norm=True), train_teacher=True
+    )
     d.compile(optimizer=keras.optimizers.Adam(0.01), metrics=["accuracy"])
     d.fit(batches(x, y), epochs=1, verbose=0)
     d.save(tmp_path / "distiller.keras")
@@ -797,8 +836,8 @@ def _scheme_a_fit(callbacks, seed=0, epochs=4):
     keras.utils.set_random_seed(seed)
     x, y = toy_data()
     d = Distiller(
-        mlp(6, "student", seed=seed + 2),
-        mlp(8, "teacher", seed=seed + 1, batch_norm=True),
+        student=mlp(6, "student", seed=seed + 2),
+        teacher=mlp(8, "teacher", seed=seed + 1, batch_norm=True),
         train_teacher=True,
     )
     d.compile(optimizer=keras.optimizers.Adam(0.02), metrics=["accuracy"])
@@ -880,7 +919,9 @@ def test_distilled_ternary_student_beats_the_same_student_trained_alone(determin
         data = tf.data.Dataset.from_tensor_slices((x_small, y_small))
         data = data.shuffle(30, seed=0).repeat().batch(32)
         if distil:
-            model = Distiller(student, teacher, beta=0.5, gamma=0.5, temperature=1.0)
+            model = Distiller(
+                student=student, teacher=teacher, beta=0.5, gamma=0.5, temperature=1.0
+            )
             model.compile(keras.optimizers.Adam(0.01), metrics=["accuracy"])
         else:
             model = student
@@ -942,7 +983,9 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
         teacher = mlp(8, 1, batch_norm=scheme == "B")
         if scheme == "B":
             teacher.layers[1].moving_mean.assign(np.linspace(-0.5, 0.5, 8))
-        d = Distiller(mlp(6, 2), teacher, temperature=2.0, train_teacher=scheme == "A")
+        d = Distiller(
+            student=mlp(6, 2), teacher=teacher, temperature=2.0, train_teacher=scheme == "A"
+        )
         d.compile(optimizer=keras.optimizers.SGD(0.5), metrics=["accuracy"])
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
         history = d.fit(ds, epochs=2, verbose=0).history
@@ -1065,3 +1108,141 @@ def test_multi_worker_mirrored_strategy_on_localhost_equals_single_device(tmp_pa
     single = runpy.run_path(str(script))["run_both"]("single")  # this process, no strategy
     for index in range(2):
         _assert_matches_single_device(single, dict(np.load(tmp_path / f"worker{index}.npz")))
+
+
+# ------------------------------------------------------------------------------------------------
+# Keyword-only networks; extra distillation terms (attention transfer)
+
+
+def test_student_and_teacher_are_keyword_only():
+    """Keras 3's Distiller takes (teacher, student): a positional call must fail, not swap."""
+    student, teacher = mlp(6, "student"), mlp(8, "teacher", seed=1)
+    with pytest.raises(TypeError):
+        Distiller(teacher, student)
+    with pytest.raises(TypeError):
+        Distiller(student, teacher=teacher)
+
+
+def _attention_distiller(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    teacher, student = tiny_cnn(width=8), tiny_cnn(width=4)
+    term = losses.AttentionTransfer(losses.match_stages(teacher, student), weight=1000.0)
+    return Distiller(student=student, teacher=teacher, extra_terms=[term], **kwargs)
+
+
+def test_match_stages_pairs_equal_resolutions():
+    teacher, student = tiny_cnn(width=8), tiny_cnn(width=4)
+    assert losses.match_stages(teacher, student) == [("relu2", "relu2"), ("pw_relu", "pw_relu")]
+
+
+def test_extra_term_logs_its_weighted_hand_computed_value():
+    """The logged ``attention`` is weight·Σ_j ‖a_T,j − a_S,j‖₂ averaged over the batch, with
+    a = vec(mean_c F²)/‖vec(mean_c F²)‖₂ computed here in NumPy from the tapped layers."""
+    d = _attention_distiller()
+    d.compile(optimizer=keras.optimizers.SGD(0.0), metrics=["accuracy"])
+    x, y = blobs(8)
+
+    def attention(features):
+        energy = np.mean(np.square(features.astype(np.float64)), axis=-1).reshape(len(features), -1)
+        return energy / np.linalg.norm(energy, axis=-1, keepdims=True)
+
+    def taps(model, names):
+        return keras.Model(model.inputs, [model.get_layer(n).output for n in names])(x)
+
+    pairs = d.extra_terms[0].pairs
+    teacher = taps(d.teacher, [t for t, _ in pairs])
+    student = taps(d.student, [s for _, s in pairs])
+    per_example = sum(
+        np.linalg.norm(attention(t.numpy()) - attention(s.numpy()), axis=-1)
+        for t, s in zip(teacher, student, strict=True)
+    )
+    logs = d.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    assert logs["attention"] == pytest.approx(1000.0 * per_example.mean(), rel=1e-4)
+    expected = 0.5 * logs["student_ce"] + 0.5 * logs["distillation"] + logs["attention"]
+    assert logs["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_extra_term_trains_the_student_only_and_round_trips(tmp_path):
+    d = _attention_distiller()
+    d.compile(optimizer=keras.optimizers.SGD(0.05), metrics=["accuracy"])
+    teacher_before = [w.copy() for w in d.teacher.get_weights()]
+    student_before = [w.copy() for w in d.student.get_weights()]
+    x, y = blobs(64)
+    history = d.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    for a, b in zip(teacher_before, d.teacher.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(student_before, d.student.get_weights(), strict=True)
+    )
+    assert history["attention"][0] > 0
+    assert history["attention"][-1] < history["attention"][0]
+
+    config = _json_round_trip(d).get_config()
+    assert config["extra_terms"][0]["config"]["pairs"] == [
+        ["relu2", "relu2"],
+        ["pw_relu", "pw_relu"],
+    ]
+
+    expected = d.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    path = tmp_path / "distiller.keras"
+    with quantize_scope():
+        d.save(path)
+        loaded = keras.models.load_model(path)
+    assert loaded.extra_terms == d.extra_terms
+    for a, b in zip(d.student.get_weights(), loaded.student.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    again = loaded.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    for name in ("loss", "attention", "student_ce", "distillation"):
+        assert again[name] == pytest.approx(expected[name], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda t, s: {"extra_terms": ["attention"]}, "DistillationTerm"),
+        (lambda t, s: {"extra_terms": [losses.AttentionTransfer([("relu2", "nope")])]}, "nope"),
+        (lambda t, s: {"extra_terms": [losses.AttentionTransfer([("x", "relu2")])]}, "teacher"),
+        (
+            lambda t, s: {
+                "extra_terms": [losses.AttentionTransfer([("relu2", "relu2")], name="loss")]
+            },
+            "named 'loss'",
+        ),
+        (
+            lambda t, s: {
+                "teacher": None,
+                "extra_terms": [losses.AttentionTransfer([("relu2", "relu2")])],
+            },
+            "need a `teacher`",
+        ),
+    ],
+)
+def test_bad_extra_terms_are_refused(make, match):
+    teacher, student = tiny_cnn(width=8), tiny_cnn(width=4)
+    kwargs = {"student": student, "teacher": teacher, **make(teacher, student)}
+    with pytest.raises(ValueError, match=match):
+        Distiller(**kwargs)
+
+
+def test_attention_transfer_checks_its_settings_and_round_trips():
+    with pytest.raises(ValueError, match="`pairs` is empty"):
+        losses.AttentionTransfer([])
+    with pytest.raises(ValueError, match="`form` must be one of"):
+        losses.AttentionTransfer([("a", "b")], form="l1")
+    with pytest.raises(ValueError, match="`weight` must be a finite number >= 0"):
+        losses.AttentionTransfer([("a", "b")], weight=-1.0)
+    term = losses.AttentionTransfer([("a", "b")], weight=2.0, form="squared_mean")
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(term)))
+    again = keras.saving.deserialize_keras_object(serialized)
+    assert again == term and term == again
+    assert again != losses.AttentionTransfer([("a", "b")], weight=2.0)
+
+
+def test_extra_terms_refuse_cached_logits():
+    d = _attention_distiller()
+    d.compile(optimizer=keras.optimizers.SGD(0.05))
+    x, y = blobs(16)
+    logits = d.teacher.predict(x, verbose=0)
+    with pytest.raises(ValueError, match="cached teacher logits carry no features"):
+        d.fit(tf.data.Dataset.from_tensor_slices((x, y, logits)).batch(16), verbose=0)

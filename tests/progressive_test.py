@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from apprentice_tf import progressive, tflite
+from apprentice_tf import progressive, saving, tflite
 from apprentice_tf.compat import keras
 from apprentice_tf.progressive import (
     AncillaryConv2D,
@@ -19,7 +19,8 @@ from apprentice_tf.progressive import (
     set_ancillary_scale,
     strip_ancillary,
 )
-from apprentice_tf.quantize import quantize_model, quantize_scope
+from apprentice_tf.quantize import quantize_model
+from apprentice_tf.saving import quantize_scope
 
 try:
     from apprentice_tf.distiller import Distiller
@@ -328,9 +329,9 @@ def test_save_load_keeps_lambda_and_branches(shared, tmp_path):
     expanded.save(path)
     x, _ = _data(4)
     expected = expanded(x, training=False).numpy()
-    with quantize_scope(), keras.utils.custom_object_scope(progressive.custom_objects()):
+    with quantize_scope():
         loaded = keras.models.load_model(path)
-    with progressive.progressive_scope():
+    with quantize_scope(*saving.SERIALISABLE):  # the classes given as the user's own
         loaded_again = keras.models.load_model(path)
     for model in (loaded, loaded_again):
         assert get_ancillary_scale(model) == [pytest.approx(0.3)]
@@ -474,10 +475,10 @@ def test_force_strip_warns(shared):
     "kwargs, message",
     [
         ({"schedule": "polynomial", "end_step": 4}, r"`schedule` must be one of \('linear'"),
-        ({"end_step": 0}, r"`end_step` must be an integer > 0, received 0"),
-        ({"end_step": -3}, r"`end_step` must be an integer > 0, received -3"),
-        ({"end_step": 2.5}, r"`end_step` must be an integer > 0, received 2\.5"),
-        ({"end_step": True}, r"`end_step` must be an integer > 0, received True"),
+        ({"end_step": 0}, r"`end_step` must be an integer >= 1, received 0"),
+        ({"end_step": -3}, r"`end_step` must be an integer >= 1, received -3"),
+        ({"end_step": 2.5}, r"`end_step` must be an integer >= 1, received 2\.5"),
+        ({"end_step": True}, r"`end_step` must be an integer >= 1, received True"),
         ({"end_step": 4, "by": "batch"}, r"`by` must be one of \('step', 'epoch'\).*'batch'"),
         ({"end_step": 4, "start_value": 0.0}, r"`start_value`.*> 0.*received 0\.0"),
         ({"end_step": 4, "decay_rate": 0.5}, r"`decay_rate` applies to .*'linear'"),
@@ -536,7 +537,7 @@ def test_callback_config_json_round_trip():
     serialized = json.loads(json.dumps(keras.utils.serialize_keras_object(callback)))
     restored = keras.utils.deserialize_keras_object(serialized)
     assert type(restored) is AncillaryDecay and restored.get_config() == config
-    assert set(progressive.custom_objects()) >= {
+    assert set(saving.custom_objects()) >= {
         "AncillaryScale",
         "apprentice_tf>AncillaryConv2D",
         "apprentice_tf>AncillaryDepthwiseConv2D",

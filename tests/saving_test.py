@@ -50,3 +50,40 @@ def test_custom_objects_lists_every_class():
         atf.ActivationQuantizer,
     ):
         assert objects[cls.__name__] is cls
+
+
+def test_quantize_scope_takes_the_users_classes_and_dicts():
+    """As tfmot's quantize_scope(*args): classes by __name__, and {name: object} dicts."""
+
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    def my_activation(x):
+        return x
+
+    with atf.quantize_scope(Doubling, {"renamed": my_activation}):
+        assert keras.utils.get_registered_object("Doubling") is Doubling
+        assert keras.utils.get_registered_object("renamed") is my_activation
+        assert keras.utils.get_registered_object("TernaryQuantizeConfig") is (
+            atf.TernaryQuantizeConfig
+        )
+    with (
+        pytest.raises(ValueError, match="quantize_scope: argument 0 must be a class"),
+        atf.quantize_scope(3),
+    ):
+        pass
+
+
+def test_custom_objects_knows_progressive_layers_and_the_distiller():
+    objects = atf.custom_objects()
+    for cls in (
+        atf.progressive.AncillaryScale,
+        atf.progressive.AncillaryConv2D,
+        atf.progressive.AncillaryDepthwiseConv2D,
+        atf.progressive.AncillaryDecay,
+        atf.Distiller,
+        atf.losses.AttentionTransfer,
+    ):
+        assert objects[cls.__name__] is cls
+        assert objects[f"apprentice_tf>{cls.__name__}"] is cls

@@ -221,3 +221,40 @@ def test_int2_dense_without_ternary_dense_warns(four_bit_file, tmp_path):
     model, _ = four_bit_file
     with pytest.warns(UserWarning, match="no ternary Dense layer"):
         tflite.convert(model, tmp_path / "w4.tflite", int2_dense=True)
+
+
+def test_export_asks_each_config_for_its_export_form(monkeypatch):
+    """Export goes through `export_form`, not through field names: a config class that stores
+    its settings under other names, or a renamed field, still exports correctly."""
+    keras.utils.set_random_seed(0)
+    model = atf.quantize_model(tiny_cnn(), 4, activation_bits=4)
+    asked = []
+    for cls in (atf.NBitQuantizeConfig, atf.ActivationQuantizeConfig):
+        original = cls.export_form
+
+        def spy(self, int4_weights=False, _original=original):
+            asked.append((type(self).__name__, int4_weights))
+            return _original(self, int4_weights)
+
+        monkeypatch.setattr(cls, "export_form", spy)
+    copy = tflite._export_copy(model, int4_weights=True)
+    assert ("NBitQuantizeConfig", True) in asked
+    assert ("ActivationQuantizeConfig", True) in asked
+    configs = [getattr(layer, "quantize_config", None) for layer in copy.layers]
+    weight_configs = [c for c in configs if isinstance(c, atf.NBitQuantizeConfig)]
+    assert weight_configs and all(c.int4_storage and c.activation_bits == 8 for c in weight_configs)
+    activations = [c for c in configs if isinstance(c, atf.ActivationQuantizeConfig)]
+    assert activations and all(c.num_bits == 8 for c in activations)
+    for source, exported in zip(model.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(source, exported)
+
+
+def test_export_form_of_each_config():
+    assert atf.TernaryQuantizeConfig(activation_bits=4).export_form(True) == (
+        atf.TernaryQuantizeConfig(activation_bits=8, int4_storage=True)
+    )
+    assert atf.NBitQuantizeConfig(3, activation_bits=None).export_form() == (
+        atf.NBitQuantizeConfig(3, activation_bits=None)
+    )
+    assert atf.ActivationQuantizeConfig(4).export_form() == atf.ActivationQuantizeConfig(8)
+    assert atf.ActivationQuantizer(2).export_form() == atf.ActivationQuantizer(8)

@@ -5,6 +5,10 @@ or Dense layer (ternary, or symmetric k-bit, per output channel) and, when the l
 non-linear activation of its own (``Conv2D(..., activation="relu")``), that activation's output.
 `ActivationQuantizeConfig` quantizes the output of an activation layer (ReLU, Activation) to
 unsigned k bits: Mishra & Marr quantize activations after the ReLU (METHODS.md §1).
+
+Each config gives its export form (`export_form`): the config a TFLite file is converted with
+(activations of k < 8 bits stored as int8, kernels stored as INT4 or int8), so that
+`apprentice_tf.tflite.convert` asks the config instead of editing its serialised fields.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 import tensorflow_model_optimization as tfmot
 
+from apprentice_tf import _checks
 from apprentice_tf.compat import keras, tf
 from apprentice_tf.quantizers import (
     ActivationQuantizer,
@@ -86,14 +91,14 @@ class _WeightQuantizeConfig(SettingsEquality, _QuantizeConfig):
     def __init__(
         self, activation_bits: int | None, quantize_output: bool = False, int4_storage: bool = False
     ) -> None:
-        if activation_bits is not None and (
-            isinstance(activation_bits, bool)
-            or not isinstance(activation_bits, int)
-            or not 2 <= activation_bits <= 8
-        ):
-            raise ValueError(
-                f"{type(self).__name__}: `activation_bits` must be None or an integer in [2, 8], "
-                f"received {activation_bits!r}."
+        if activation_bits is not None:
+            _checks.integer(
+                type(self).__name__,
+                "activation_bits",
+                activation_bits,
+                2,
+                8,
+                fix="None keeps the activation float.",
             )
         self.activation_bits = activation_bits
         self.quantize_output = bool(quantize_output) and activation_bits is not None
@@ -103,6 +108,16 @@ class _WeightQuantizeConfig(SettingsEquality, _QuantizeConfig):
         self, per_tensor_storage: bool = False
     ) -> tfmot.quantization.keras.quantizers.Quantizer:
         raise NotImplementedError
+
+    def export_form(self, int4_weights: bool = False) -> _WeightQuantizeConfig:
+        """The config the TFLite file is converted with: same kernel quantizer, activations of
+        k < 8 bits widened to 8 (LiteRT has no 4-bit activation kernels), kernels stored as
+        INT4 if `int4_weights` else int8."""
+        settings = self.get_config()
+        settings["int4_storage"] = bool(int4_weights)
+        if self.activation_bits is not None:
+            settings["activation_bits"] = max(self.activation_bits, 8)
+        return type(self).from_config(settings)
 
     def get_weights_and_quantizers(self, layer: keras.layers.Layer) -> list:
         attribute = kernel_attribute(layer)
@@ -253,6 +268,10 @@ class NoOpQuantizeConfig(SettingsEquality, _QuantizeConfig):
     def get_output_quantizers(self, layer: keras.layers.Layer) -> list:
         return []
 
+    def export_form(self, int4_weights: bool = False) -> NoOpQuantizeConfig:
+        """The config the TFLite file is converted with: this one (nothing to change)."""
+        return self
+
     def get_config(self) -> dict[str, Any]:
         return {}
 
@@ -274,6 +293,10 @@ class ActivationQuantizeConfig(NoOpQuantizeConfig):
 
     def get_output_quantizers(self, layer: keras.layers.Layer) -> list:
         return [ActivationQuantizer(self.num_bits)]
+
+    def export_form(self, int4_weights: bool = False) -> ActivationQuantizeConfig:
+        """The config the TFLite file is converted with: k < 8 bits become 8, same range."""
+        return ActivationQuantizeConfig(max(self.num_bits, 8))
 
     def get_config(self) -> dict[str, Any]:
         return {"num_bits": self.num_bits}
