@@ -17,7 +17,16 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["WHICH_KERAS", "choice", "integer", "keras_object", "real", "flag"]
+__all__ = [
+    "WHICH_KERAS",
+    "choice",
+    "integer",
+    "keras_object",
+    "real",
+    "flag",
+    "is_integer",
+    "refuse",
+]
 
 #: What to do about an object from another Keras (appended to `keras_object`'s message).
 WHICH_KERAS = (
@@ -27,9 +36,18 @@ WHICH_KERAS = (
 )
 
 
-def _refuse(owner: str, argument: str, allowed: str, value: Any, fix: str = "") -> ValueError:
+def refuse(owner: str, argument: str, value: Any, allowed: str, fix: str = "") -> ValueError:
+    """The ValueError every check raises, for checks that do not fit the functions below.
+
+    ``"<owner>: `<argument>` must be <allowed>, received <value!r>. <fix>"``
+    """
     message = f"{owner}: `{argument}` must be {allowed}, received {value!r}."
     return ValueError(f"{message} {fix}" if fix else message)
+
+
+def is_integer(value: Any) -> bool:
+    """True for an int or NumPy integer that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def integer(
@@ -47,8 +65,11 @@ def integer(
       ValueError: "<owner>: `<argument>` must be an integer >= minimum (or in [minimum,
         maximum]), received <value>."
     """
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    ok = (
+        is_integer(value)
+        and (minimum is None or value >= minimum)
+        and (maximum is None or value <= maximum)
+    )
     if not ok:
         if minimum is not None and maximum is not None:
             allowed = f"an integer in [{minimum}, {maximum}]"
@@ -58,7 +79,7 @@ def integer(
             allowed = f"an integer <= {maximum}"
         else:
             allowed = "an integer"
-        raise _refuse(owner, argument, allowed, value, fix)
+        raise refuse(owner, argument, value, allowed, fix)
     return int(value)
 
 
@@ -95,7 +116,7 @@ def real(
             allowed = f"a finite number {'<' if high_open else '<='} {high}"
         else:
             allowed = "a finite number"
-        raise _refuse(owner, argument, allowed, value, fix)
+        raise refuse(owner, argument, value, allowed, fix)
     return float(value)
 
 
@@ -108,7 +129,7 @@ def choice(owner: str, argument: str, value: Any, choices: Sequence[Any], *, fix
     choices = tuple(choices)
     ok = any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
     if not ok:
-        raise _refuse(owner, argument, f"one of {choices}", value, fix)
+        raise refuse(owner, argument, value, f"one of {choices}", fix)
     return value
 
 
@@ -119,7 +140,7 @@ def flag(owner: str, argument: str, value: Any) -> bool:
       ValueError: "<owner>: `<argument>` must be True or False, received <value>."
     """
     if type(value).__name__ not in ("bool", "bool_"):
-        raise _refuse(owner, argument, "True or False", value)
+        raise refuse(owner, argument, value, "True or False")
     return bool(value)
 
 

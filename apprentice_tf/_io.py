@@ -13,13 +13,22 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["write_bytes", "write_text", "write_json", "jsonable", "machine_info", "SIMD_FLAGS"]
+__all__ = [
+    "write_bytes",
+    "write_text",
+    "write_json",
+    "jsonable",
+    "plain",
+    "machine_info",
+    "SIMD_FLAGS",
+]
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -29,6 +38,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     temporary file's 0600.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"`path` {str(path)!r} is a directory; pass a file name.")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(data)
@@ -42,6 +53,22 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically; see `write_bytes`."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def plain(value: Any) -> Any:
+    """`value` as plain JSON values, recursively: mappings to dicts with string keys, tuples
+    to lists, NumPy scalars and arrays to Python numbers and lists, paths to strings.
+
+    What a value becomes after a JSON round trip, so that a record built in memory compares
+    equal to the same record read back from its file.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic | np.ndarray | Path):
+        return jsonable(value)
+    return value
 
 
 def jsonable(value: Any) -> Any:

@@ -31,6 +31,7 @@ __all__ = [
     "SIMD_FLAGS",
     "plot_curves",
     "plot_accuracy_vs_size",
+    "plot_latency_sweep",
 ]
 
 #: Columns of the standard results table: (row key, header).
@@ -120,4 +121,46 @@ def plot_accuracy_vs_size(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_latency_sweep(
+    panels: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    xlabel: str = "channels (in = out)",
+    ylabel: str = "median latency (ms)",
+) -> Path:
+    """Latency sweeps as a PNG: one panel per key of `panels`, one line per series in it.
+
+    Each series is a mapping with ``label``, ``x`` (channel counts), ``y`` (latencies), ``low``
+    and ``high`` (a shaded band, e.g. p10-p90) and ``marks`` (the x values to cross, e.g. the
+    latency steps `apprentice_tf.hardware.find_steps` reports). `apprentice_tf.hardware.plot_sweep`
+    builds the panels from a latency table. Uses matplotlib's Agg canvas directly (no global
+    backend change).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5 * len(panels), 4), constrained_layout=True)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels.items(), strict=True):
+        for line_data in series:
+            x, y = list(line_data["x"]), list(line_data["y"])
+            (line,) = ax.plot(x, y, marker=".", label=line_data["label"])
+            ax.fill_between(
+                x, line_data["low"], line_data["high"], alpha=0.2, color=line.get_color()
+            )
+            marked = set(line_data.get("marks", ()))
+            marks = [(xi, yi) for xi, yi in zip(x, y, strict=True) if xi in marked]
+            if marks:
+                ax.plot(*zip(*marks, strict=True), "x", color="black", markersize=8)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
     return path

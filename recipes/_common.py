@@ -11,16 +11,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import numbers
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import app, flags
 
-from apprentice_tf import reporting, tflite
+from apprentice_tf import data, reporting, tflite
 from apprentice_tf.compat import keras, tf
 
 
@@ -105,6 +107,51 @@ def check_file(flag: str, value: str | None) -> None:
     """Raise RecipeError if a path flag names a file that does not exist."""
     if value and not Path(value).exists():
         raise RecipeError(f"--{flag}={value!r} does not exist.")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (a RecipeError is printed as one line)."""
+    return " ".join(str(error).split())
+
+
+def check_dataset(dataset: str, **splits: str) -> int:
+    """The class count of tfds `dataset`, after checking that each split expression (keyword:
+    its flag) names examples of it; from the dataset's metadata (`data.info`), reading no data.
+
+    Raises:
+      RecipeError: an unknown dataset or split, naming the flag.
+    """
+    try:
+        info = data.info(dataset)
+    except ValueError as error:
+        raise RecipeError(f"--dataset={dataset!r}: {one_line(error)}") from None
+    for flag, split in splits.items():
+        try:
+            info.splits[split]
+        except (ValueError, KeyError, TypeError, AssertionError) as error:
+            raise RecipeError(f"--{flag}={split!r} of {dataset}: {one_line(error)}") from None
+    return int(info.features["label"].num_classes)
+
+
+def load_checkpoint(flag: str, path: str, model: keras.Model, describe: str) -> keras.Model:
+    """`model` with the weights of ``--flag=path``: a ``.keras`` file, ``.weights.h5``/``.h5``
+    weights or a TensorFlow checkpoint of `model`'s architecture (`model.load_weights` reads
+    each of them).
+
+    Raises:
+      RecipeError: the weights do not fit (`describe` says what was expected), on one line.
+    """
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError, tf.errors.OpError) as error:
+        raise RecipeError(f"--{flag}={path!r} does not fit {describe}: {one_line(error)}") from None
+    return model
+
+
+def check_int(flag: str, value: Any, minimum: int) -> None:
+    """Raise RecipeError unless `value` is an integer (not a bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise RecipeError(f"--{flag} must be an integer >= {minimum}, received {value!r}.")
 
 
 def check_positive(flag: str, value: float) -> None:
@@ -283,6 +330,120 @@ def finish(
         reporting.plot_curves(curves, output_dir / "curves.png", ylabel=curve_label)
     reporting.plot_accuracy_vs_size(rows, output_dir / "accuracy_vs_size.png")
     return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Flags generated from a recipe's config dataclass
+
+#: Scalar field types and the absl flag that parses them.
+_SCALAR_FLAGS: dict[str, Callable[..., Any]] = {
+    "bool": flags.DEFINE_bool,
+    "int": flags.DEFINE_integer,
+    "int | None": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "str": flags.DEFINE_string,
+}
+_TUPLE = re.compile(r"tuple\[(int|float|str), \.\.\.\]")
+_ELEMENT = {"int": int, "float": float, "str": str}
+
+
+def _flag_fields(config_class: type, help: Mapping[str, str]) -> list[dataclasses.Field]:
+    """The fields of `config_class` that are flags: those `help` describes, in field order."""
+    fields = dataclasses.fields(config_class)
+    unknown = sorted(set(help) - {field.name for field in fields})
+    if unknown:
+        raise TypeError(f"{config_class.__name__} has no field(s) {unknown} to make flags of.")
+    return [field for field in fields if field.name in help]
+
+
+def _field_type(field: dataclasses.Field) -> str:
+    """The field's annotation as written (``"int | None"``, ``"tuple[int, ...]"``)."""
+    if isinstance(field.type, str):
+        return field.type
+    return field.type.__name__ if isinstance(field.type, type) else str(field.type)
+
+
+def define_flags(
+    config_class: type,
+    help: Mapping[str, str],
+    flag_values: flags.FlagValues = flags.FLAGS,
+    enums: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Define one absl flag per field of the frozen dataclass `config_class` named in `help`.
+
+    Each flag has the field's name, default and type (``bool``, ``int``, ``int | None``,
+    ``float``, ``str``; ``tuple[int|float|str, ...]`` becomes a comma-separated list) and the
+    help text `help[name]`; a field in `enums` becomes an enum flag over those choices. Fields
+    without help text are not flags (they keep their defaults). Flags are defined with
+    ``allow_override``, so that several recipes imported into one process (tests, the CLI) can
+    define the names they share (``--epochs``, ``--output_dir``, ...) without an error.
+    """
+    enums = enums or {}
+    for field in _flag_fields(config_class, help):
+        kind, default = _field_type(field), field.default
+        common = {"flag_values": flag_values, "allow_override": True}
+        if field.name in enums:
+            flags.DEFINE_enum(
+                field.name, default, list(enums[field.name]), help[field.name], **common
+            )
+        elif kind in _SCALAR_FLAGS:
+            _SCALAR_FLAGS[kind](field.name, default, help[field.name], **common)
+        elif _TUPLE.fullmatch(kind):
+            flags.DEFINE_list(field.name, [str(v) for v in default], help[field.name], **common)
+        else:
+            raise TypeError(
+                f"{config_class.__name__}.{field.name}: no flag type for {kind!r}; use one of "
+                f"{sorted(_SCALAR_FLAGS)} or tuple[int|float|str, ...]."
+            )
+
+
+def config_from_flags(
+    config_class: type, help: Mapping[str, str], flag_values: flags.FlagValues = flags.FLAGS
+) -> Any:
+    """The `config_class` of parsed flags (fields without a flag keep their defaults).
+
+    List flags are converted to tuples of the field's element type.
+
+    Raises:
+      RecipeError: a list entry that is not of the element type.
+    """
+    values = {}
+    for field in _flag_fields(config_class, help):
+        value = flag_values[field.name].value
+        match = _TUPLE.fullmatch(_field_type(field))
+        if match:
+            element = _ELEMENT[match.group(1)]
+            try:
+                value = tuple(element(v) for v in value)
+            except ValueError:
+                raise RecipeError(
+                    f"--{field.name} entries must be {element.__name__}s, received {value!r}."
+                ) from None
+        values[field.name] = value
+    return config_class(**values)
+
+
+def recipe_main(
+    argv: Sequence[str],
+    run: Callable[[Any], dict[str, Any]],
+    make_config: Callable[[], Any],
+    print_table: bool = True,
+) -> None:
+    """The body of every recipe's absl ``main(argv)``: refuse positional arguments, build the
+    config from the flags (`make_config`), call `run`, and print the results table
+    (`print_table`).
+
+    A `RecipeError` stops with a one-line message (exit status 1) before anything is written.
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if print_table:
+        run_main(run, make_config)
+        return
+    try:
+        run(make_config())
+    except RecipeError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def run_main(run: Callable[[Any], dict[str, Any]], make_config: Callable[[], Any]) -> None:

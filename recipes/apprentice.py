@@ -76,18 +76,21 @@ from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import cifar_resnet
 from apprentice_tf.quantize import quantize_model
 
+from . import _common
 from ._common import (
     RecipeError,
     check_choice,
+    check_dataset,
     check_file,
+    check_int,
     check_output_dir,
     check_positive,
     configure_threads,
     deploy,
     finish,
+    load_checkpoint,
     make_optimizer,
     resnet_depth,
-    run_main,
     steps_per_epoch,
     train_stage,
 )
@@ -137,126 +140,76 @@ class ApprenticeConfig:
     verbose: int = 1
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define the recipe's flags (defaults from `ApprenticeConfig`) in `flag_values`.
-
-    Defined with ``allow_override``, as in the other recipes, so that importing several recipes
-    into one process (tests, `recipes.quickstart`) does not fail on the flag names they share.
-    """
-    d = ApprenticeConfig()
-    common = {"flag_values": flag_values, "allow_override": True}
-    flags.DEFINE_string(
-        "scheme", d.scheme, "A (joint), B (frozen teacher), C (fine-tune).", **common
-    )
-    flags.DEFINE_string("dataset", d.dataset, f"tfds dataset, one of {list(DATASETS)}.", **common)
-    flags.DEFINE_string("train_split", d.train_split, "tfds split to train on.", **common)
-    flags.DEFINE_string("test_split", d.test_split, "tfds split to validate and test on.", **common)
-    flags.DEFINE_string("teacher", d.teacher, "Teacher: CIFAR ResNet, resnet<6n+2>.", **common)
-    flags.DEFINE_float("teacher_width", d.teacher_width, "Teacher width multiplier.", **common)
-    flags.DEFINE_string("student", d.student, "Student: CIFAR ResNet, resnet<6n+2>.", **common)
-    flags.DEFINE_float("student_width", d.student_width, "Student width multiplier.", **common)
-    flags.DEFINE_string(
-        "weight_bits",
-        d.weight_bits,
+#: Help text of each flag; the flags are the `ApprenticeConfig` fields named here.
+_HELP: dict[str, str] = {
+    "scheme": "A (joint), B (frozen teacher), C (fine-tune).",
+    "dataset": f"tfds dataset, one of {list(DATASETS)}.",
+    "train_split": "tfds split to train on.",
+    "test_split": "tfds split to validate and test on.",
+    "teacher": "Teacher: CIFAR ResNet, resnet<6n+2>.",
+    "teacher_width": "Teacher width multiplier.",
+    "student": "Student: CIFAR ResNet, resnet<6n+2>.",
+    "student_width": "Student width multiplier.",
+    "weight_bits": (
         f"Student weights, one of {list(WEIGHT_BITS)} (ternary: 3 levels per output channel); "
-        "the first conv and the last dense layer stay float.",
-        **common,
-    )
-    flags.DEFINE_integer(
-        "activation_bits",
-        d.activation_bits,
+        "the first conv and the last dense layer stay float."
+    ),
+    "activation_bits": (
         "Student activation bits, 8 or 4 (0 = float activations is refused: such a student "
-        "cannot be deployed with integer weights).",
-        **common,
-    )
-    flags.DEFINE_float("alpha", d.alpha, "Weight of the teacher's label loss (scheme A).", **common)
-    flags.DEFINE_float("beta", d.beta, "Weight of the student's label loss.", **common)
-    flags.DEFINE_float("gamma", d.gamma, "Weight of the distillation loss.", **common)
-    flags.DEFINE_float("temperature", d.temperature, "Distillation temperature τ.", **common)
-    flags.DEFINE_integer(
-        "epochs", d.epochs, "Schemes A and B: student epochs (the baseline's too).", **common
-    )
-    flags.DEFINE_integer(
-        "teacher_epochs", d.teacher_epochs, "Schemes B and C: teacher epochs.", **common
-    )
-    flags.DEFINE_integer(
-        "student_pretrain_epochs",
-        d.student_pretrain_epochs,
-        "Scheme C: epochs of the full-precision student before its precision is lowered.",
-        **common,
-    )
-    flags.DEFINE_integer(
-        "finetune_epochs",
-        d.finetune_epochs,
-        "Scheme C: low-precision fine-tuning epochs (distilled and baseline).",
-        **common,
-    )
-    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.", **common)
-    flags.DEFINE_float(
-        "learning_rate",
-        d.learning_rate,
-        "Initial learning rate of SGD (momentum 0.9), cosine-decayed to 0 over each stage.",
-        **common,
-    )
-    flags.DEFINE_float(
-        "finetune_lr_factor",
-        d.finetune_lr_factor,
-        "Scheme C: fine-tuning starts at learning_rate * finetune_lr_factor.",
-        **common,
-    )
-    flags.DEFINE_float(
-        "warmup_epochs",
-        d.warmup_epochs,
+        "cannot be deployed with integer weights)."
+    ),
+    "alpha": "Weight of the teacher's label loss (scheme A).",
+    "beta": "Weight of the student's label loss.",
+    "gamma": "Weight of the distillation loss.",
+    "temperature": "Distillation temperature τ.",
+    "epochs": "Schemes A and B: student epochs (the baseline's too).",
+    "teacher_epochs": "Schemes B and C: teacher epochs.",
+    "student_pretrain_epochs": (
+        "Scheme C: epochs of the full-precision student before its precision is lowered."
+    ),
+    "finetune_epochs": "Scheme C: low-precision fine-tuning epochs (distilled and baseline).",
+    "batch_size": "Batch size.",
+    "learning_rate": (
+        "Initial learning rate of SGD (momentum 0.9), cosine-decayed to 0 over each stage."
+    ),
+    "finetune_lr_factor": "Scheme C: fine-tuning starts at learning_rate * finetune_lr_factor.",
+    "warmup_epochs": (
         "Epochs of linear learning-rate warm-up at the start of each stage (capped below the "
-        "stage's length).",
-        **common,
-    )
-    flags.DEFINE_float(
-        "weight_decay", d.weight_decay, "Decoupled weight decay λ of every stage.", **common
-    )
-    flags.DEFINE_boolean("augment", d.augment, "Pad-crop-flip training augmentation.", **common)
-    flags.DEFINE_integer("seed", d.seed, "Seed set at the start of every stage.", **common)
-    flags.DEFINE_string(
-        "teacher_checkpoint",
-        d.teacher_checkpoint,
+        "stage's length)."
+    ),
+    "weight_decay": "Decoupled weight decay λ of every stage.",
+    "augment": "Pad-crop-flip training augmentation.",
+    "seed": "Seed set at the start of every stage.",
+    "teacher_checkpoint": (
         "Schemes B and C: load the teacher's weights (.keras or .weights.h5 of the --teacher "
-        "architecture) instead of training it.",
-        **common,
-    )
-    flags.DEFINE_string(
-        "student_checkpoint",
-        d.student_checkpoint,
+        "architecture) instead of training it."
+    ),
+    "student_checkpoint": (
         "Scheme C: load the full-precision student's weights (.weights.h5 of the --student "
-        "architecture, e.g. from recipes.pretrain) instead of training it.",
-        **common,
-    )
-    flags.DEFINE_boolean(
-        "baseline",
-        d.baseline,
-        "Also train the same student without distillation (the 'alone' row).",
-        **common,
-    )
-    flags.DEFINE_string("output_dir", d.output_dir, "Directory for every output.", **common)
-    flags.DEFINE_integer("threads", d.threads, "TensorFlow threads (0: its default).", **common)
-    flags.DEFINE_boolean(
-        "cache_teacher_logits",
-        d.cache_teacher_logits,
+        "architecture, e.g. from recipes.pretrain) instead of training it."
+    ),
+    "baseline": "Also train the same student without distillation (the 'alone' row).",
+    "output_dir": "Directory for every output.",
+    "threads": "TensorFlow threads (0: its default).",
+    "cache_teacher_logits": (
         "Scheme B only: run the frozen teacher once over the training split and reuse its "
         "logits every epoch. Needs --noaugment: cached logits are paired with examples by "
-        "position, so every example must be the same image on every pass; a random crop or flip "
-        "would be trained towards the logits of a different view. The cached data is "
-        "reshuffled each epoch.",
-        **common,
-    )
-    flags.DEFINE_integer(
-        "verbose", d.verbose, "0 silent, 1 progress bars, 2 a line per epoch.", **common
-    )
+        "position, so every example must be the same image on every pass; a random crop or flip"
+        " would be trained towards the logits of a different view. The cached data is "
+        "reshuffled each epoch."
+    ),
+    "verbose": "0 silent, 1 progress bars, 2 a line per epoch.",
+}
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define the recipe's flags (`_HELP`; defaults from `ApprenticeConfig`) in `flag_values`."""
+    _common.define_flags(ApprenticeConfig, _HELP, flag_values)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ApprenticeConfig:
     """The `ApprenticeConfig` of parsed flags (not yet validated: `run` validates)."""
-    names = [field.name for field in dataclasses.fields(ApprenticeConfig)]
-    return ApprenticeConfig(**{name: flag_values[name].value for name in names})
+    return _common.config_from_flags(ApprenticeConfig, _HELP, flag_values)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,11 +228,6 @@ class _Setup:
     student: keras.Model | None  # loaded from --student_checkpoint (scheme C)
 
 
-def _check_integer(flag: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise RecipeError(f"--{flag} must be an integer >= {minimum}, received {value!r}.")
-
-
 def _check_weight(flag: str, value: Any) -> None:
     if (
         isinstance(value, bool)
@@ -288,10 +236,6 @@ def _check_weight(flag: str, value: Any) -> None:
         or value < 0
     ):
         raise RecipeError(f"--{flag} must be a finite number >= 0, received {value!r}.")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _check_flags(config: ApprenticeConfig) -> None:
@@ -317,9 +261,9 @@ def _check_flags(config: ApprenticeConfig) -> None:
         "finetune_epochs",
         "batch_size",
     ):
-        _check_integer(flag, getattr(config, flag), 1)
-    _check_integer("seed", config.seed, 0)
-    _check_integer("threads", config.threads, 0)
+        check_int(flag, getattr(config, flag), 1)
+    check_int("seed", config.seed, 0)
+    check_int("threads", config.threads, 0)
     check_choice("verbose", config.verbose, (0, 1, 2))
     for flag in ("alpha", "beta", "gamma", "warmup_epochs", "weight_decay"):
         _check_weight(flag, getattr(config, flag))
@@ -389,24 +333,13 @@ def _build_student(config: ApprenticeConfig, num_classes: int) -> keras.Model:
 def _load(config: ApprenticeConfig, num_classes: int, role: str) -> keras.Model:
     """The teacher or student architecture for the dataset's classes, with the weights of
     --<role>_checkpoint (role: "teacher" or "student")."""
-    checkpoint = getattr(config, f"{role}_checkpoint")
     name, width = getattr(config, role), getattr(config, f"{role}_width")
-    model = _build(name, width, num_classes, role)
-    try:
-        model.load_weights(checkpoint)
-    except (ValueError, OSError, KeyError) as error:
-        raise RecipeError(
-            f"--{role}_checkpoint={checkpoint!r} does not fit --{role}={name} "
-            f"--{role}_width={width:g} with {num_classes} classes ({config.dataset}): "
-            f"{_one_line(error)}"
-        ) from None
-    outputs = int(model.output_shape[-1])
-    if outputs != num_classes:
-        raise RecipeError(
-            f"--{role}_checkpoint={checkpoint!r} gives {outputs} outputs, but "
-            f"{config.dataset} has {num_classes} classes."
-        )
-    return model
+    return load_checkpoint(
+        f"{role}_checkpoint",
+        getattr(config, f"{role}_checkpoint"),
+        _build(name, width, num_classes, role),
+        f"--{role}={name} --{role}_width={width:g} with {num_classes} classes ({config.dataset})",
+    )
 
 
 def _check(config: ApprenticeConfig) -> _Setup:
@@ -416,12 +349,9 @@ def _check(config: ApprenticeConfig) -> _Setup:
     _check_flags(config)
     output_dir = check_output_dir(config.output_dir)
     configure_threads(config.threads)
-    try:
-        num_classes = data.num_classes(config.dataset)
-        for flag in ("train_split", "test_split"):
-            data.load(config.dataset, getattr(config, flag), config.batch_size)
-    except ValueError as error:
-        raise RecipeError(f"--dataset/--train_split/--test_split: {_one_line(error)}") from None
+    num_classes = check_dataset(
+        config.dataset, train_split=config.train_split, test_split=config.test_split
+    )
     teacher = _load(config, num_classes, "teacher") if config.teacher_checkpoint else None
     student = _load(config, num_classes, "student") if config.student_checkpoint else None
     return _Setup(
@@ -554,25 +484,37 @@ def _distill(
     )
 
 
+def _load_or_train(
+    stage: str,
+    role: str,
+    epochs: int,
+    curve: str,
+    config: ApprenticeConfig,
+    setup: _Setup,
+    curves: dict[str, list[float]],
+) -> tuple[keras.Model, bool]:
+    """The float `role` network ("teacher" or "student"): the one loaded from
+    --<role>_checkpoint by the checks, or a new one trained on labels as stage `stage` (its
+    validation accuracy becomes `curves[curve]`). Returns (model, trained)."""
+    loaded = getattr(setup, role)
+    if loaded is not None:
+        _say(config, f"[{stage}] loaded {getattr(config, f'{role}_checkpoint')}")
+        return loaded, False
+    keras.utils.set_random_seed(config.seed)
+    model = _build(getattr(config, role), getattr(config, f"{role}_width"), setup.num_classes, role)
+    history = _fit_plain(stage, model, config, setup.output_dir, epochs, config.learning_rate)
+    curves[curve] = _val(history)
+    return model, True
+
+
 def _teacher_stage(
     config: ApprenticeConfig, setup: _Setup, curves: dict[str, list[float]]
 ) -> keras.Model:
     """Schemes B and C: the trained (or loaded) teacher, saved as teacher.keras and frozen."""
-    if setup.teacher is not None:
-        teacher = setup.teacher
-        _say(config, f"[teacher] loaded {config.teacher_checkpoint}")
-    else:
-        keras.utils.set_random_seed(config.seed)
-        teacher = _build_teacher(config, setup.num_classes)
-        history = _fit_plain(
-            "teacher",
-            teacher,
-            config,
-            setup.output_dir,
-            config.teacher_epochs,
-            config.learning_rate,
-        )
-        curves["teacher (float)"] = _val(history)
+    teacher, trained = _load_or_train(
+        "teacher", "teacher", config.teacher_epochs, "teacher (float)", config, setup, curves
+    )
+    if trained:
         # A copy without the stage's optimizer, which would otherwise join the Distiller's
         # checkpoints (BackupAndRestore) as unrestorable slots.
         trained = teacher
@@ -636,21 +578,10 @@ def _float_student(
     config: ApprenticeConfig, setup: _Setup, curves: dict[str, list[float]]
 ) -> keras.Model:
     """Scheme C: the full-precision student, loaded (--student_checkpoint) or trained."""
-    if setup.student is not None:
-        _say(config, f"[student_float] loaded {config.student_checkpoint}")
-        return setup.student
-    keras.utils.set_random_seed(config.seed)
-    float_student = _build_student(config, setup.num_classes)
-    history = _fit_plain(
-        "student_float",
-        float_student,
-        config,
-        setup.output_dir,
-        config.student_pretrain_epochs,
-        config.learning_rate,
-    )
-    curves["student (float)"] = _val(history)
-    return float_student
+    epochs = config.student_pretrain_epochs
+    return _load_or_train(
+        "student_float", "student", epochs, "student (float)", config, setup, curves
+    )[0]
 
 
 def _train(
@@ -776,9 +707,7 @@ define_flags()
 
 def main(argv: Sequence[str]) -> None:
     """absl entry point: flags → `ApprenticeConfig` → `run`; a bad flag exits with one line."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    run_main(run, config_from_flags)
+    _common.recipe_main(argv, run, config_from_flags)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ import dataclasses
 import inspect
 import json
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,7 +53,7 @@ from absl import app, flags
 from apprentice_tf import data, hardware, losses, pruning, reporting
 from apprentice_tf.compat import keras, tf
 from apprentice_tf.distiller import Distiller
-from apprentice_tf.models import cifar_resnet, densenet_bc, mobilenet_v1
+from apprentice_tf.models import cifar_resnet, families
 from apprentice_tf.quantize import quantize_model
 
 from . import _common
@@ -73,7 +72,6 @@ WEIGHT_BITS = ("", "ternary", "2", "4", "8")
 ACTIVATION_BITS = (8, 4, 0)
 AT_FORMS = ("squared_mean", "norm")
 STEP_NORMALIZE = ("macs", "")
-_BUILDERS = {"mobilenet": mobilenet_v1, "densenet": densenet_bc, "resnet": cifar_resnet}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,11 +188,6 @@ class _Checked:
     teacher: keras.Model | None  # a freshly built teacher holding --teacher_checkpoint
 
 
-def _check_int(flag: str, value: int, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise RecipeError(f"--{flag} must be an integer >= {minimum}, received {value!r}.")
-
-
 def _check_number(flag: str, value: float, low: float, high: float = math.inf) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not (ok and low <= value < high):
@@ -212,7 +205,7 @@ def _parse_grid(config: HAKDConfig) -> tuple[dict[str, Any], ...] | None:
         raise RecipeError(
             f"--grid must be a non-empty JSON list of builder kwargs objects, received {grid!r}."
         )
-    builder = _BUILDERS[config.family]
+    builder = families.builder(config.family)
     allowed = set(inspect.signature(builder).parameters) - {"num_classes", "input_shape", "name"}
     for kwargs in grid:
         unknown = set(kwargs) - allowed
@@ -235,24 +228,19 @@ def validate(config: HAKDConfig) -> _Checked:
     budget = config.latency_budget_ms
     if not (isinstance(budget, int | float) and math.isfinite(budget) and budget > 0):
         raise RecipeError(f"--latency_budget_ms must be a finite number > 0, received {budget!r}.")
-    _check_int("num_threads", config.num_threads, 1)
-    _check_int("runs", config.runs, 1)
-    _check_int("warmup", config.warmup, 0)
+    _common.check_int("num_threads", config.num_threads, 1)
+    _common.check_int("runs", config.runs, 1)
+    _common.check_int("warmup", config.warmup, 0)
     _common.check_choice("family", config.family, hardware.FAMILIES)
     output_dir = _common.check_output_dir(config.output_dir)
-    match = re.fullmatch(r"resnet(\d+)", config.teacher)
-    if not match or int(match.group(1)) < 8 or (int(match.group(1)) - 2) % 6:
-        raise RecipeError(
-            f"--teacher={config.teacher!r} is not a CIFAR ResNet; use resnet<6n+2>, e.g. "
-            "resnet20, resnet32, resnet56."
-        )
+    teacher_depth = _common.resnet_depth("teacher", config.teacher)
     _check_number("teacher_width", config.teacher_width, 1e-9)
     if config.teacher_checkpoint and not (
         Path(config.teacher_checkpoint).exists()
         or Path(config.teacher_checkpoint + ".index").exists()
     ):
         raise RecipeError(f"--teacher_checkpoint={config.teacher_checkpoint!r} does not exist.")
-    _check_int("teacher_epochs", config.teacher_epochs, 0)
+    _common.check_int("teacher_epochs", config.teacher_epochs, 0)
     _common.check_choice("weight_bits", config.weight_bits, WEIGHT_BITS)
     _common.check_choice("activation_bits", config.activation_bits, ACTIVATION_BITS)
     _common.check_choice("attention_form", config.attention_form, AT_FORMS)
@@ -270,9 +258,9 @@ def validate(config: HAKDConfig) -> _Checked:
     for keep in config.channel_keep:
         if not (isinstance(keep, int | float) and 0 < keep <= 1):
             raise RecipeError(f"--channel_keep entries must be in (0, 1], received {keep!r}.")
-    _check_int("epochs", config.epochs, 1)
-    _check_int("batch_size", config.batch_size, 1)
-    _check_int("threads", config.threads, 0)
+    _common.check_int("epochs", config.epochs, 1)
+    _common.check_int("batch_size", config.batch_size, 1)
+    _common.check_int("threads", config.threads, 0)
     _common.check_choice("verbose", config.verbose, (0, 1, 2))
     if config.sweep:
         if not (config.sweep_ops and config.sweep_sizes and config.sweep_channels):
@@ -283,7 +271,7 @@ def validate(config: HAKDConfig) -> _Checked:
             _common.check_choice("sweep_ops", op, hardware.OPS)
         for flag in ("sweep_sizes", "sweep_channels"):
             for value in getattr(config, flag):
-                _check_int(flag, value, 1)
+                _common.check_int(flag, value, 1)
     try:
         num_classes = data.num_classes(config.dataset)
     except ValueError as error:
@@ -313,14 +301,13 @@ def validate(config: HAKDConfig) -> _Checked:
     grid = _parse_grid(config)
     teacher = None
     if config.teacher_checkpoint:
-        teacher = _build_teacher(config, int(match.group(1)), num_classes)
-        try:
-            teacher.load_weights(config.teacher_checkpoint)
-        except (ValueError, OSError, tf.errors.OpError) as error:
-            raise RecipeError(
-                f"--teacher_checkpoint={config.teacher_checkpoint!r} does not fit "
-                f"{config.teacher} width {config.teacher_width}: {error}"
-            ) from None
+        teacher = _common.load_checkpoint(
+            "teacher_checkpoint",
+            config.teacher_checkpoint,
+            _build_teacher(config, teacher_depth, num_classes),
+            f"--teacher={config.teacher} --teacher_width={config.teacher_width:g} with "
+            f"{num_classes} classes ({config.dataset})",
+        )
     quantize: str | int | None = None
     if config.weight_bits:
         quantize = "ternary" if config.weight_bits == "ternary" else int(config.weight_bits)
@@ -328,7 +315,7 @@ def validate(config: HAKDConfig) -> _Checked:
         output_dir=output_dir,
         table_path=table_path,
         device=device,
-        teacher_depth=int(match.group(1)),
+        teacher_depth=teacher_depth,
         grid=grid,
         quantize=quantize,
         activation_bits=config.activation_bits or None,
@@ -348,8 +335,8 @@ def _build_teacher(config: HAKDConfig, depth: int, num_classes: int) -> keras.Mo
 
 
 def _optimizer(learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps))
-    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+    """SGD, momentum 0.9, Nesterov, cosine decay to 0 over `steps` (no warm-up)."""
+    return _common.make_optimizer(learning_rate, 1, steps, nesterov=True)
 
 
 def _compile(model: keras.Model, learning_rate: float, steps: int) -> None:
@@ -550,12 +537,11 @@ def run(config: HAKDConfig) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     output_dir, table_path = checked.output_dir, checked.table_path
     verbose = config.verbose
-    timing = {
-        "num_threads": config.num_threads,
-        "runs": config.runs,
-        "warmup": config.warmup,
-        "allow_foreign": config.allow_foreign,
-    }
+    # One timing setting for every measurement of the run (the deployed files included).
+    settings = hardware.ProfileSettings(
+        config.num_threads, config.runs, config.warmup, quantize=checked.quantize
+    )
+    foreign = {"allow_foreign": config.allow_foreign}
     extra: dict[str, Any] = {"device": checked.device}
 
     # 1. Optional layer sweep: where does latency step on this machine?
@@ -566,10 +552,10 @@ def run(config: HAKDConfig) -> dict[str, Any]:
             config.sweep_sizes,
             config.sweep_channels,
             config.sweep_ops,
-            quantize=checked.quantize,
+            settings=settings,
             cache=table_path,
             verbose=verbose,
-            **timing,
+            **foreign,
         )
         normalize = config.step_normalize or None
         steps = hardware.find_steps(sweep, config.step_threshold, normalize=normalize)
@@ -592,7 +578,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         config.family, checked.num_classes, input_shape, grid=checked.grid
     )
     profiled = hardware.profile(
-        candidates, quantize=checked.quantize, cache=table_path, verbose=verbose, **timing
+        candidates, **dataclasses.asdict(settings), cache=table_path, verbose=verbose, **foreign
     )
     try:
         selection = hardware.select_student(
@@ -613,9 +599,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
 
     # 3. The additive latency model against the whole-network measurement.
     float_student = selection.build()
-    estimate = hardware.estimate_network_latency(
-        float_student, table_path, quantize=checked.quantize, **timing
-    )
+    estimate = hardware.estimate_network_latency(float_student, table_path, settings, **foreign)
     measured = selection.row.median_ms
     extra["latency_estimate"] = {
         "model": selection.name,
@@ -635,9 +619,10 @@ def run(config: HAKDConfig) -> dict[str, Any]:
     }
     arch_rows = hardware.profile(
         {"teacher": teacher, **{f"teacher_keep{k:g}": m for k, m in pruned_archs.items()}},
+        **dataclasses.asdict(dataclasses.replace(settings, quantize=None)),
         cache=table_path,
         verbose=verbose,
-        **timing,
+        **foreign,
     )
     by_name = {row.name: row for row in arch_rows}
     keep_rows = {k: by_name[f"teacher_keep{k:g}"] for k in pruned_archs}
@@ -651,7 +636,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         "median_ms": by_name["teacher"].median_ms,
     }
 
-    steps_per_epoch = max(1, int(train.cardinality()))
+    steps_per_epoch = _common.steps_per_epoch(train)
     teacher_epochs = config.teacher_epochs or config.epochs
     finetune_lr = config.finetune_learning_rate or config.learning_rate / 10
     curves: dict[str, list[float]] = {}
@@ -798,41 +783,13 @@ def run(config: HAKDConfig) -> dict[str, Any]:
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define one absl flag per `HAKDConfig` field, with its default and `_HELP` text.
-
-    ``allow_override=True``: another recipe imported into the same process (tests, the CLI) may
-    define flags of the same names without a DuplicateFlagError.
-    """
-    for field in dataclasses.fields(HAKDConfig):
-        default, help_text = field.default, _HELP[field.name]
-        common = {"flag_values": flag_values, "allow_override": True}
-        if isinstance(default, bool):
-            flags.DEFINE_bool(field.name, default, help_text, **common)
-        elif isinstance(default, int):
-            flags.DEFINE_integer(field.name, default, help_text, **common)
-        elif isinstance(default, float):
-            flags.DEFINE_float(field.name, default, help_text, **common)
-        elif isinstance(default, tuple):
-            flags.DEFINE_list(field.name, [str(v) for v in default], help_text, **common)
-        else:
-            flags.DEFINE_string(field.name, default, help_text, **common)
+    """Define one absl flag per `HAKDConfig` field, with its default and `_HELP` text."""
+    _common.define_flags(HAKDConfig, _HELP, flag_values)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> HAKDConfig:
     """The `HAKDConfig` of parsed flags (list flags converted to the field's element type)."""
-    values = {}
-    for field in dataclasses.fields(HAKDConfig):
-        value = flag_values[field.name].value
-        if isinstance(field.default, tuple):
-            kind = type(field.default[0]) if field.default else str
-            try:
-                value = tuple(kind(v) for v in value)
-            except ValueError:
-                raise RecipeError(
-                    f"--{field.name} entries must be {kind.__name__}s, received {value!r}."
-                ) from None
-        values[field.name] = value
-    return HAKDConfig(**values)
+    return _common.config_from_flags(HAKDConfig, _HELP, flag_values)
 
 
 define_flags()
@@ -840,9 +797,7 @@ define_flags()
 
 def main(argv: Sequence[str]) -> None:
     """absl entry point: flags -> HAKDConfig -> run(); prints the results table."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    _common.run_main(run, config_from_flags)
+    _common.recipe_main(argv, run, config_from_flags)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from apprentice_tf import data, precision, reporting, zoo
 from apprentice_tf.compat import keras
 from apprentice_tf.models import cifar_resnet
 
+from . import _common
 from ._common import (
     RecipeError,
     check_choice,
@@ -71,42 +72,39 @@ class PretrainConfig:
     verbose: int = 2
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define the recipe's flags (defaults from `PretrainConfig`) in `flag_values`."""
-    d = PretrainConfig()
-    common = {"flag_values": flag_values, "allow_override": True}
-    flags.DEFINE_string("model", d.model, "CIFAR ResNet, resnet<6n+2>.", **common)
-    flags.DEFINE_float("width", d.width, "Width multiplier.", **common)
-    flags.DEFINE_string("dataset", d.dataset, f"tfds dataset, one of {list(DATASETS)}.", **common)
-    flags.DEFINE_string("train_split", d.train_split, "tfds split to train on.", **common)
-    flags.DEFINE_string("test_split", d.test_split, "tfds split to validate and test on.", **common)
-    flags.DEFINE_integer("epochs", d.epochs, "Training epochs.", **common)
-    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.", **common)
-    flags.DEFINE_float("learning_rate", d.learning_rate, "Peak learning rate η_max.", **common)
-    flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "Linear warm-up epochs.", **common)
-    flags.DEFINE_float("weight_decay", d.weight_decay, "Decoupled weight decay λ.", **common)
-    flags.DEFINE_integer(
-        "seed", d.seed, "Seed of initialisation, order and augmentation.", **common
-    )
-    flags.DEFINE_enum(
-        "precision",
-        d.precision,
-        list(precision.POLICIES),
+#: Help text of each flag; the flags are the `PretrainConfig` fields named here.
+_HELP: dict[str, str] = {
+    "model": "CIFAR ResNet, resnet<6n+2>.",
+    "width": "Width multiplier.",
+    "dataset": f"tfds dataset, one of {list(DATASETS)}.",
+    "train_split": "tfds split to train on.",
+    "test_split": "tfds split to validate and test on.",
+    "epochs": "Training epochs.",
+    "batch_size": "Batch size.",
+    "learning_rate": "Peak learning rate η_max.",
+    "warmup_epochs": "Linear warm-up epochs.",
+    "weight_decay": "Decoupled weight decay λ.",
+    "seed": "Seed of initialisation, order and augmentation.",
+    "precision": (
         "Keras dtype policy of training: auto = mixed_bfloat16 where the CPU has bfloat16 "
-        "instructions, float32 elsewhere (apprentice_tf.precision).",
-        **common,
-    )
-    flags.DEFINE_string("output_dir", d.output_dir, "Directory for every output.", **common)
-    flags.DEFINE_integer("threads", d.threads, "TensorFlow threads (0: its default).", **common)
-    flags.DEFINE_integer(
-        "verbose", d.verbose, "0 silent, 1 progress bars, 2 a line per epoch.", **common
+        "instructions, float32 elsewhere (apprentice_tf.precision)."
+    ),
+    "output_dir": "Directory for every output.",
+    "threads": "TensorFlow threads (0: its default).",
+    "verbose": "0 silent, 1 progress bars, 2 a line per epoch.",
+}
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define the recipe's flags (`_HELP`; defaults from `PretrainConfig`) in `flag_values`."""
+    _common.define_flags(
+        PretrainConfig, _HELP, flag_values, enums={"precision": precision.POLICIES}
     )
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> PretrainConfig:
-    """The `PretrainConfig` of parsed flags (validated by `run`)."""
-    names = [field.name for field in dataclasses.fields(PretrainConfig)]
-    return PretrainConfig(**{name: flag_values[name].value for name in names})
+    """The `PretrainConfig` of parsed flags (not yet validated: `run` validates)."""
+    return _common.config_from_flags(PretrainConfig, _HELP, flag_values)
 
 
 def command(config: PretrainConfig) -> str:
@@ -212,12 +210,7 @@ define_flags()
 
 def main(argv: Sequence[str]) -> None:
     """absl entry point: flags → `PretrainConfig` → `run`."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        run(config_from_flags())
-    except RecipeError as error:
-        raise SystemExit(f"error: {error}") from None
+    _common.recipe_main(argv, run, config_from_flags, print_table=False)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import resnet
 from apprentice_tf.quantize import quantize_model
 
+from . import _common
 from ._common import (
     RecipeError,
     check_choice,
@@ -54,9 +55,9 @@ from ._common import (
     deploy,
     finish,
     keras_top1,
+    load_checkpoint,
     make_optimizer,
     resnet_depth,
-    run_main,
     steps_per_epoch,
     train_stage,
 )
@@ -143,57 +144,43 @@ class ProgressiveConfig:
 # Flags
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define the recipe's flags (defaults from `ProgressiveConfig`) in `flag_values`.
+#: Help text of each flag; the flags are the `ProgressiveConfig` fields named here.
+_HELP: dict[str, str] = {
+    "dataset": "32x32 tfds dataset.",
+    "train_split": "tfds training split.",
+    "test_split": "tfds test split.",
+    "model": "Student: CIFAR ResNet, resnet<6n+2>.",
+    "width": "Student width multiplier.",
+    "weight_bits": f"One of {list(WEIGHT_BITS)}.",
+    "activation_bits": f"One of {list(ACTIVATION_BITS)}.",
+    "epochs": "Epochs of each stage.",
+    "decay_schedule": f"One of {list(progressive.SCHEDULES)}.",
+    "decay_end_fraction": "λ reaches 0 after this fraction of the training steps, in (0, 1].",
+    "kernel_size": "Unset: twins copy the kernel size; 1: 1x1 twins.",
+    "teacher": "Empty, or a CIFAR ResNet teacher name.",
+    "teacher_width": "Teacher width multiplier.",
+    "teacher_checkpoint": "Trained teacher (else trained).",
+    "batch_size": "Batch size.",
+    "learning_rate": "Initial SGD learning rate.",
+    "warmup_epochs": "Linear warm-up epochs.",
+    "weight_decay": "Decoupled weight decay λ.",
+    "plain": "Also train the network without branches.",
+    "augment": "Pad-crop-flip training augmentation.",
+    "seed": "Seed of weights, data order, augmentation.",
+    "output_dir": "Output directory.",
+    "threads": "TensorFlow threads (0: default).",
+    "verbose": "Keras verbosity.",
+}
 
-    Defined with ``allow_override`` so that importing several recipes into one process (tests)
-    does not fail on flag names they share (``--epochs``, ``--output_dir``, ...).
-    """
-    d = ProgressiveConfig()
-    common = {"flag_values": flag_values, "allow_override": True}
-    flags.DEFINE_string("dataset", d.dataset, "32x32 tfds dataset.", **common)
-    flags.DEFINE_string("train_split", d.train_split, "tfds training split.", **common)
-    flags.DEFINE_string("test_split", d.test_split, "tfds test split.", **common)
-    flags.DEFINE_string("model", d.model, "Student: CIFAR ResNet, resnet<6n+2>.", **common)
-    flags.DEFINE_float("width", d.width, "Student width multiplier.", **common)
-    flags.DEFINE_string("weight_bits", d.weight_bits, f"One of {list(WEIGHT_BITS)}.", **common)
-    flags.DEFINE_integer(
-        "activation_bits", d.activation_bits, f"One of {list(ACTIVATION_BITS)}.", **common
-    )
-    flags.DEFINE_integer("epochs", d.epochs, "Epochs of each stage.", **common)
-    flags.DEFINE_string(
-        "decay_schedule", d.decay_schedule, f"One of {list(progressive.SCHEDULES)}.", **common
-    )
-    flags.DEFINE_float(
-        "decay_end_fraction",
-        d.decay_end_fraction,
-        "λ reaches 0 after this fraction of the training steps, in (0, 1].",
-        **common,
-    )
-    flags.DEFINE_integer(
-        "kernel_size", d.kernel_size, "Unset: twins copy the kernel size; 1: 1x1 twins.", **common
-    )
-    flags.DEFINE_string("teacher", d.teacher, "Empty, or a CIFAR ResNet teacher name.", **common)
-    flags.DEFINE_float("teacher_width", d.teacher_width, "Teacher width multiplier.", **common)
-    flags.DEFINE_string(
-        "teacher_checkpoint", d.teacher_checkpoint, "Trained teacher (else trained).", **common
-    )
-    flags.DEFINE_integer("batch_size", d.batch_size, "Batch size.", **common)
-    flags.DEFINE_float("learning_rate", d.learning_rate, "Initial SGD learning rate.", **common)
-    flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "Linear warm-up epochs.", **common)
-    flags.DEFINE_float("weight_decay", d.weight_decay, "Decoupled weight decay λ.", **common)
-    flags.DEFINE_bool("plain", d.plain, "Also train the network without branches.", **common)
-    flags.DEFINE_bool("augment", d.augment, "Pad-crop-flip training augmentation.", **common)
-    flags.DEFINE_integer("seed", d.seed, "Seed of weights, data order, augmentation.", **common)
-    flags.DEFINE_string("output_dir", d.output_dir, "Output directory.", **common)
-    flags.DEFINE_integer("threads", d.threads, "TensorFlow threads (0: default).", **common)
-    flags.DEFINE_integer("verbose", d.verbose, "Keras verbosity.", **common)
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define the recipe's flags (`_HELP`; defaults from `ProgressiveConfig`) in `flag_values`."""
+    _common.define_flags(ProgressiveConfig, _HELP, flag_values)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ProgressiveConfig:
     """The `ProgressiveConfig` of parsed flags (not yet validated: `run` validates)."""
-    names = [field.name for field in dataclasses.fields(ProgressiveConfig)]
-    return ProgressiveConfig(**{name: flag_values[name].value for name in names})
+    return _common.config_from_flags(ProgressiveConfig, _HELP, flag_values)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,19 +280,14 @@ def _optimizer(config: ProgressiveConfig, total_steps: int) -> keras.optimizers.
 
 
 def _load_teacher(config: ProgressiveConfig, num_classes: int) -> keras.Model:
-    path = config.teacher_checkpoint
-    try:
-        if path.endswith(".keras"):
-            return keras.models.load_model(path, compile=False)
-        teacher = build_resnet(config.teacher, config.teacher_width, num_classes)
-        teacher.load_weights(path)
-        return teacher
-    except (ValueError, OSError, KeyError, tf.errors.OpError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise RecipeError(
-            f"--teacher_checkpoint={path!r} does not load into --teacher={config.teacher} "
-            f"(width {config.teacher_width:g}): {first_line}"
-        ) from None
+    """The --teacher architecture with the weights of --teacher_checkpoint."""
+    return load_checkpoint(
+        "teacher_checkpoint",
+        config.teacher_checkpoint,
+        build_resnet(config.teacher, config.teacher_width, num_classes),
+        f"--teacher={config.teacher} --teacher_width={config.teacher_width:g} with "
+        f"{num_classes} classes ({config.dataset})",
+    )
 
 
 def _fit(
@@ -484,9 +466,7 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> None:
     """absl entry point: flags → `ProgressiveConfig` → `run`; prints the results table."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    run_main(run, config_from_flags)
+    _common.recipe_main(argv, run, config_from_flags)
 
 
 define_flags()

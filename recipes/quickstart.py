@@ -41,6 +41,7 @@ from apprentice_tf.compat import keras
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.quantize import quantize_model
 
+from . import _common
 from ._common import (
     RecipeError,
     check_output_dir,
@@ -83,38 +84,23 @@ class QuickstartConfig:
     verbose: int = 1
 
 
+#: Help text of each flag; the flags are the `QuickstartConfig` fields named here.
+_HELP: dict[str, str] = {
+    "output_dir": "Directory for every output.",
+    "epochs": "Fine-tuning epochs of each ternary student (fractions allowed: 0.25 = 98 steps).",
+    "seeds": "Seeds: one alone/distilled pair each.",
+    "threads": "TensorFlow threads (0: its choice).",
+}
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define --output_dir, --epochs, --seeds and --threads (``allow_override``, like the other
-    recipes, so that several recipes can be imported into one process)."""
-    d = QuickstartConfig()
-    common = {"flag_values": flag_values, "allow_override": True}
-    flags.DEFINE_string("output_dir", d.output_dir, "Directory for every output.", **common)
-    flags.DEFINE_float(
-        "epochs",
-        d.epochs,
-        "Fine-tuning epochs of each ternary student (fractions allowed: 0.25 = 98 steps).",
-        **common,
-    )
-    flags.DEFINE_list(
-        "seeds", [str(s) for s in d.seeds], "Seeds: one alone/distilled pair each.", **common
-    )
-    flags.DEFINE_integer("threads", d.threads, "TensorFlow threads (0: its choice).", **common)
+    """Define the recipe's flags (`_HELP`; defaults from `QuickstartConfig`) in `flag_values`."""
+    _common.define_flags(QuickstartConfig, _HELP, flag_values)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> QuickstartConfig:
-    """The quickstart config of parsed flags."""
-    try:
-        seeds = tuple(int(s) for s in flag_values["seeds"].value)
-    except ValueError:
-        raise RecipeError(
-            f"--seeds must be integers, received {flag_values['seeds'].value!r}."
-        ) from None
-    return QuickstartConfig(
-        epochs=flag_values["epochs"].value,
-        seeds=seeds,
-        output_dir=flag_values["output_dir"].value,
-        threads=flag_values["threads"].value,
-    )
+    """The `QuickstartConfig` of parsed flags (not yet validated: `run` validates)."""
+    return _common.config_from_flags(QuickstartConfig, _HELP, flag_values)
 
 
 def _check(config: QuickstartConfig) -> tuple[Path, str | None]:
@@ -271,12 +257,7 @@ define_flags()
 
 def main(argv: Sequence[str]) -> None:
     """absl entry point; a bad flag exits with a one-line message before anything is written."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        run(config_from_flags())
-    except RecipeError as error:
-        raise SystemExit(f"error: {error}") from None
+    _common.recipe_main(argv, run, config_from_flags, print_table=False)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from apprentice_tf import hardware as hw
 from apprentice_tf.compat import keras
+from apprentice_tf.hardware import profiling
 
 RUNS = 3
 TINY = {
@@ -41,6 +42,17 @@ def invokes(monkeypatch):
 
     monkeypatch.setattr(Interpreter, "invoke", counting)
     return calls
+
+
+def _fake_timing(monkeypatch, times_ms):
+    """Conversion writes a 10-byte file and every timing returns `times_ms`."""
+
+    def convert(model, quantize, single_block, seed, path):
+        path.write_bytes(b"x" * 10)
+        return None
+
+    monkeypatch.setattr(profiling, "_convert", convert)
+    monkeypatch.setattr(profiling, "_time_file", lambda path, settings: np.array(times_ms))
 
 
 def _row(name, median, params, *, family="mobilenet", spread=0.01, device=None, **fields):
@@ -127,8 +139,7 @@ def test_second_profile_reuses_the_cache_without_timing(measured, invokes, monke
 def test_other_settings_are_separate_rows(measured, monkeypatch):
     _, path = measured
     table = hw.LatencyTable.load(path)
-    monkeypatch.setattr(hw, "_time_invokes", lambda *args: np.array([0.001, 0.002, 0.003]))
-    monkeypatch.setattr(hw, "_convert", lambda model, *args: (b"x" * 10, None))
+    _fake_timing(monkeypatch, [1.0, 2.0, 3.0])
     two = hw.profile(TINY, num_threads=2, runs=RUNS, cache=table, verbose=0)
     assert [row.num_threads for row in two] == [2, 2]
     assert two.rows[0].median_ms == pytest.approx(2.0)
@@ -252,11 +263,27 @@ def test_find_steps_reports_the_jumps_of_a_staircase(tmp_path):
 
 
 def test_layer_sweep_times_every_block_of_the_grid(monkeypatch):
-    monkeypatch.setattr(hw, "_time_invokes", lambda *args: np.array([0.001, 0.002, 0.004]))
-    monkeypatch.setattr(hw, "_convert", lambda model, *args: (b"x" * 10, None))
+    _fake_timing(monkeypatch, [1.0, 2.0, 4.0])
     table = hw.layer_sweep((8,), (4, 6), ("conv", "grouped"), groups=4, runs=RUNS, verbose=0)
     assert [row.spec["op"] for row in table] == ["conv", "conv", "grouped"]  # 6 % 4 skipped
     assert all(row.median_ms == pytest.approx(2.0) for row in table)
+
+
+def test_profile_settings_are_one_object_for_every_timing_function(monkeypatch):
+    _fake_timing(monkeypatch, [1.0, 2.0, 4.0])
+    settings = hw.ProfileSettings(runs=RUNS, warmup=0)
+    table = hw.layer_sweep((8,), (4,), ("conv",), settings=settings, num_threads=2, verbose=0)
+    (row,) = table.rows
+    assert (row.num_threads, row.runs, row.warmup, row.quantize) == (2, RUNS, 0, None)
+    assert settings.num_threads == 1  # keywords replace fields of a copy
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.runs = 5
+    with pytest.raises(TypeError, match="threads"):
+        hw.layer_sweep((8,), (4,), ("conv",), threads=2)
+    with pytest.raises(ValueError, match=r"layer_sweep: `runs` .*received 0"):
+        hw.layer_sweep((8,), (4,), ("conv",), settings=settings, runs=0)
+    with pytest.raises(ValueError, match="`settings`.*received"):
+        hw.measure_model_latency(None, settings={"runs": 1})
 
 
 # -- networks ------------------------------------------------------------------------------------

@@ -192,7 +192,9 @@ def test_ternary_student_run_resumes_and_reuses_the_table(tmp_path, monkeypatch)
     table = tmp_path / "run" / "latency_table.json"
     stored = table.read_bytes()
     measured = []
-    monkeypatch.setattr(hardware, "_measure", lambda item, *a, **k: measured.append(item.name))
+    monkeypatch.setattr(
+        hardware.profiling, "_measure", lambda item, *a, **k: measured.append(item.name)
+    )
     # Every stage finished and every candidate's latency is in the table: no candidate is
     # converted or timed again (only the deployed files are, by `hardware.time_tflite`).
     second = hakd.run(config)

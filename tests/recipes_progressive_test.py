@@ -368,7 +368,7 @@ def test_wrong_teacher_architecture_is_refused_before_writing(tmp_path):
         teacher_checkpoint=str(path),
         output_dir=str(tmp_path / "out"),
     )
-    with pytest.raises(RecipeError, match="does not load into --teacher=resnet8"):
+    with pytest.raises(RecipeError, match="does not fit --teacher=resnet8"):
         recipe.run(config)
     assert not (tmp_path / "out").exists()
 

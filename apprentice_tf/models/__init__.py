@@ -6,12 +6,14 @@ Using Knowledge Distillation Techniques To Improve Low-Precision Network Accurac
 * :mod:`~apprentice_tf.models.mobilenet`: MobileNet v1 (Howard et al., 2017) with per-stage
   width/depth/block-type knobs for hardware-aware student selection.
 * :mod:`~apprentice_tf.models.densenet`: CIFAR DenseNet-BC (Huang et al., CVPR 2017).
+* :mod:`~apprentice_tf.models.layers`: the blocks they share (conv, BN, ReLU, logits head).
+* :mod:`~apprentice_tf.models.families`: student families by name, ``build(family, **kw)``.
 
 Every model starts with a Conv2D, ends with a Dense layer that returns logits (no softmax), and
 comes from the one Keras of :mod:`apprentice_tf.compat`.
 """
 
-from apprentice_tf.models import densenet, mobilenet, resnet
+from apprentice_tf.models import densenet, families, layers, mobilenet, resnet
 from apprentice_tf.models.densenet import densenet_bc
 from apprentice_tf.models.mobilenet import mobilenet_v1
 from apprentice_tf.models.resnet import (
@@ -31,6 +33,8 @@ from apprentice_tf.models.resnet import (
 
 __all__ = [
     "densenet",
+    "families",
+    "layers",
     "mobilenet",
     "resnet",
     "cifar_resnet",

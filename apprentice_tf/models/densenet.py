@@ -11,13 +11,13 @@ import math
 from collections.abc import Sequence
 
 from apprentice_tf.compat import keras
-from apprentice_tf.models.resnet import (
-    _bn,
-    _check_input_shape,
-    _check_positive_int,
-    _conv,
-    _logits_head,
-    _relu,
+from apprentice_tf.models.layers import (
+    batch_norm,
+    check_input_shape,
+    check_positive_int,
+    conv,
+    logits_head,
+    relu,
 )
 
 __all__ = ["densenet_bc", "densenet_bc_100", "densenet_bc_250", "densenet_bc_190"]
@@ -27,18 +27,18 @@ _BOTTLENECK_WIDTH = 4  # the 1x1 bottleneck has 4k channels
 
 def _dense_layer(x, growth_rate: int, prefix: str):
     """BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3(k), concatenated to the input (DenseNet-B)."""
-    y = _relu(_bn(x, name=f"{prefix}_bn1"), name=f"{prefix}_relu1")
-    y = _conv(y, _BOTTLENECK_WIDTH * growth_rate, 1, name=f"{prefix}_conv1")
-    y = _relu(_bn(y, name=f"{prefix}_bn2"), name=f"{prefix}_relu2")
-    y = _conv(y, growth_rate, 3, name=f"{prefix}_conv2")
+    y = relu(batch_norm(x, name=f"{prefix}_bn1"), name=f"{prefix}_relu1")
+    y = conv(y, _BOTTLENECK_WIDTH * growth_rate, 1, name=f"{prefix}_conv1")
+    y = relu(batch_norm(y, name=f"{prefix}_bn2"), name=f"{prefix}_relu2")
+    y = conv(y, growth_rate, 3, name=f"{prefix}_conv2")
     return keras.layers.Concatenate(name=f"{prefix}_concat")([x, y])
 
 
 def _transition(x, compression: float, prefix: str):
     """BN-ReLU-Conv1x1(floor(theta * m))-AvgPool2x2 (DenseNet-C)."""
     channels = max(1, int(math.floor(compression * x.shape[-1])))
-    y = _relu(_bn(x, name=f"{prefix}_bn"), name=f"{prefix}_relu")
-    y = _conv(y, channels, 1, name=f"{prefix}_conv")
+    y = relu(batch_norm(x, name=f"{prefix}_bn"), name=f"{prefix}_relu")
+    y = conv(y, channels, 1, name=f"{prefix}_conv")
     return keras.layers.AveragePooling2D(2, strides=2, name=f"{prefix}_pool")(y)
 
 
@@ -79,26 +79,26 @@ def densenet_bc(
             "`depth` of a DenseNet-BC must be 6n + 4 with n >= 1 (e.g. 40, 100, 190, 250), "
             f"received {depth!r}."
         )
-    _check_positive_int(growth_rate, "growth_rate")
+    check_positive_int(growth_rate, "growth_rate")
     if (
         isinstance(compression, bool)
         or not isinstance(compression, (int, float))
         or not 0 < compression <= 1
     ):
         raise ValueError(f"`compression` must be in (0, 1], received {compression!r}.")
-    _check_positive_int(num_classes, "num_classes")
-    shape = _check_input_shape(input_shape)
+    check_positive_int(num_classes, "num_classes")
+    shape = check_input_shape(input_shape)
     layers_per_block = (depth - 4) // 6
 
     inputs = keras.Input(shape=shape, name="image")
-    x = _conv(inputs, 2 * growth_rate, 3, name="conv1")
+    x = conv(inputs, 2 * growth_rate, 3, name="conv1")
     for block in range(1, 4):
         for layer in range(1, layers_per_block + 1):
             x = _dense_layer(x, growth_rate, prefix=f"block{block}_layer{layer}")
         if block < 3:
             x = _transition(x, compression, prefix=f"transition{block}")
-    x = _relu(_bn(x, name="final_bn"), name="final_relu")
-    outputs = _logits_head(x, num_classes)
+    x = relu(batch_norm(x, name="final_bn"), name="final_relu")
+    outputs = logits_head(x, num_classes)
     return keras.Model(inputs, outputs, name=name or f"densenet_bc_{depth}_k{growth_rate}")
 
 

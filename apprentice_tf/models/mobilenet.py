@@ -38,15 +38,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from apprentice_tf.compat import keras
-from apprentice_tf.models.resnet import (
-    _bn,
-    _check_input_shape,
-    _check_positive_int,
-    _check_width,
-    _conv,
-    _logits_head,
-    _relu,
-    _scaled,
+from apprentice_tf.models.layers import (
+    batch_norm,
+    check_input_shape,
+    check_positive_int,
+    check_width,
+    conv,
+    logits_head,
+    relu,
+    scaled,
 )
 
 __all__ = [
@@ -76,9 +76,9 @@ def _separable_block(x, filters: int, strides: int, depth_multiplier: int, prefi
         depthwise_initializer="he_normal",
         name=f"{prefix}_dw",
     )(x)
-    y = _relu(_bn(y, name=f"{prefix}_dw_bn"), name=f"{prefix}_dw_relu")
-    y = _conv(y, filters, 1, name=f"{prefix}_pw")
-    return _relu(_bn(y, name=f"{prefix}_pw_bn"), name=f"{prefix}_pw_relu")
+    y = relu(batch_norm(y, name=f"{prefix}_dw_bn"), name=f"{prefix}_dw_relu")
+    y = conv(y, filters, 1, name=f"{prefix}_pw")
+    return relu(batch_norm(y, name=f"{prefix}_pw_bn"), name=f"{prefix}_pw_relu")
 
 
 def _grouped_block(x, filters: int, strides: int, depth_multiplier: int, groups: int, prefix: str):
@@ -90,16 +90,16 @@ def _grouped_block(x, filters: int, strides: int, depth_multiplier: int, groups:
             f"`groups` must divide the input channels of every grouped block; block {prefix} has "
             f"{channels} input and {mid} output channels, received groups={groups}."
         )
-    y = _conv(x, mid, 3, strides=strides, groups=groups, name=f"{prefix}_gconv")
-    y = _relu(_bn(y, name=f"{prefix}_gconv_bn"), name=f"{prefix}_gconv_relu")
-    y = _conv(y, filters, 1, name=f"{prefix}_pw")
-    return _relu(_bn(y, name=f"{prefix}_pw_bn"), name=f"{prefix}_pw_relu")
+    y = conv(x, mid, 3, strides=strides, groups=groups, name=f"{prefix}_gconv")
+    y = relu(batch_norm(y, name=f"{prefix}_gconv_bn"), name=f"{prefix}_gconv_relu")
+    y = conv(y, filters, 1, name=f"{prefix}_pw")
+    return relu(batch_norm(y, name=f"{prefix}_pw_bn"), name=f"{prefix}_pw_relu")
 
 
 def _standard_block(x, filters: int, strides: int, prefix: str):
     """Full 3x3 Conv2D -> BN -> ReLU."""
-    y = _conv(x, filters, 3, strides=strides, name=f"{prefix}_conv")
-    return _relu(_bn(y, name=f"{prefix}_bn"), name=f"{prefix}_relu")
+    y = conv(x, filters, 3, strides=strides, name=f"{prefix}_conv")
+    return relu(batch_norm(y, name=f"{prefix}_bn"), name=f"{prefix}_relu")
 
 
 def _per_stage(value, argument: str, n: int, default: Sequence) -> tuple:
@@ -156,11 +156,11 @@ def mobilenet_v1(
       ValueError: per-stage arguments of different lengths, an unknown block type, `groups` not
         dividing a grouped block's channels, or another argument out of range.
     """
-    _check_positive_int(num_classes, "num_classes")
-    _check_width(width_multiplier)
-    _check_positive_int(depth_multiplier, "depth_multiplier")
-    _check_positive_int(groups, "groups")
-    shape = _check_input_shape(input_shape)
+    check_positive_int(num_classes, "num_classes")
+    check_width(width_multiplier)
+    check_positive_int(depth_multiplier, "depth_multiplier")
+    check_positive_int(groups, "groups")
+    shape = check_input_shape(input_shape)
     if stage_widths is None:
         widths = DEFAULT_STAGE_WIDTHS
     elif isinstance(stage_widths, Sequence) and not isinstance(stage_widths, str) and stage_widths:
@@ -181,7 +181,7 @@ def mobilenet_v1(
     types = _per_stage(block_type, "block_type", n, ())
     for argument, values in (("stage_widths", widths), ("stage_depths", depths)):
         for v in values:
-            _check_positive_int(v, argument)
+            check_positive_int(v, argument)
     for s in strides:
         if s not in (1, 2):
             raise ValueError(f"`stage_strides` entries must be 1 or 2, received {strides!r}.")
@@ -191,12 +191,12 @@ def mobilenet_v1(
 
     stem_stride = 1 if min(shape[:2]) < _SMALL_INPUT else 2
     inputs = keras.Input(shape=shape, name="image")
-    x = _conv(inputs, _scaled(_STEM_WIDTH, width_multiplier), 3, strides=stem_stride, name="conv1")
-    x = _relu(_bn(x, name="bn1"), name="relu1")
+    x = conv(inputs, scaled(_STEM_WIDTH, width_multiplier), 3, strides=stem_stride, name="conv1")
+    x = relu(batch_norm(x, name="bn1"), name="relu1")
     for stage, (width, depth, stride, kind) in enumerate(
         zip(widths, depths, strides, types, strict=True), start=1
     ):
-        filters = _scaled(width, width_multiplier)
+        filters = scaled(width, width_multiplier)
         for block in range(1, depth + 1):
             prefix = f"stage{stage}_block{block}"
             s = stride if block == 1 else 1
@@ -206,5 +206,5 @@ def mobilenet_v1(
                 x = _grouped_block(x, filters, s, depth_multiplier, groups, prefix)
             else:
                 x = _standard_block(x, filters, s, prefix)
-    outputs = _logits_head(x, num_classes)
+    outputs = logits_head(x, num_classes)
     return keras.Model(inputs, outputs, name=name or "mobilenet_v1")

@@ -16,6 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from apprentice_tf.compat import keras
+from apprentice_tf.models.layers import (
+    batch_norm,
+    check_input_shape,
+    check_positive_int,
+    check_width,
+    conv,
+    logits_head,
+    relu,
+    scaled,
+)
 
 __all__ = [
     "cifar_resnet",
@@ -33,86 +43,6 @@ __all__ = [
     "IMAGENET_DEPTHS",
 ]
 
-# Shared layer conventions (also used by mobilenet.py and densenet.py), so the quantizer, which
-# keeps the first Conv2D and the last Dense in float, sees the same structure in every builder:
-# convolutions have no bias (a BatchNorm follows) and He-normal initialisation (He et al., ICCV
-# 2015); BatchNorm uses momentum 0.9 and epsilon 1e-5 as in the papers' reference code; the last
-# layer is a Dense returning logits (no softmax).
-
-_BN_MOMENTUM = 0.9
-_BN_EPSILON = 1e-5
-
-
-def _conv(x, filters: int, kernel_size: int, strides: int = 1, name: str = "", groups: int = 1):
-    """A bias-free, He-normal, 'same'-padded Conv2D applied to `x`."""
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        groups=groups,
-        kernel_initializer="he_normal",
-        name=name,
-    )(x)
-
-
-def _bn(x, name: str):
-    """BatchNormalization with the papers' momentum/epsilon."""
-    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)(x)
-
-
-def _relu(x, name: str):
-    """ReLU as its own named layer."""
-    return keras.layers.ReLU(name=name)(x)
-
-
-def _logits_head(x, num_classes: int, name: str = "logits"):
-    """Global average pooling followed by a Dense layer producing logits.
-
-    The logits layer computes in float32 whatever the global dtype policy (a ``mixed_bfloat16``
-    network still returns float32 logits, so the softmax cross-entropy stays exact enough).
-    """
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return keras.layers.Dense(
-        num_classes, kernel_initializer="he_normal", dtype="float32", name=name
-    )(x)
-
-
-def _scaled(channels: int, width_multiplier: float) -> int:
-    """round(channels * width_multiplier), at least 1."""
-    return max(1, int(round(channels * width_multiplier)))
-
-
-def _check_positive_int(value, argument: str) -> None:
-    """Raise ValueError unless `value` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{argument}` must be an integer >= 1, received {value!r}.")
-
-
-def _check_width(width_multiplier) -> None:
-    """Raise ValueError unless `width_multiplier` is a number > 0."""
-    if (
-        isinstance(width_multiplier, bool)
-        or not isinstance(width_multiplier, (int, float))
-        or not width_multiplier > 0
-    ):
-        raise ValueError(f"`width_multiplier` must be a number > 0, received {width_multiplier!r}.")
-
-
-def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    """Raise ValueError unless `input_shape` is (height, width, channels) of positive ints."""
-    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
-    if len(shape) != 3 or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
-    ):
-        raise ValueError(
-            "`input_shape` must be (height, width, channels) with positive integers, "
-            f"received {input_shape!r}."
-        )
-    return shape  # type: ignore[return-value]
-
-
 # depth -> (block type, blocks per stage), Table 1 of He et al. (2016).
 IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -128,19 +58,19 @@ def _shortcut(x, filters: int, strides: int, prefix: str):
     """Identity, or an option-(B) 1x1 projection when the stride or channel count changes."""
     if strides == 1 and x.shape[-1] == filters:
         return x
-    s = _conv(x, filters, 1, strides=strides, name=f"{prefix}_proj_conv")
-    return _bn(s, name=f"{prefix}_proj_bn")
+    s = conv(x, filters, 1, strides=strides, name=f"{prefix}_proj_conv")
+    return batch_norm(s, name=f"{prefix}_proj_bn")
 
 
 def _basic_block(x, filters: int, strides: int, prefix: str):
     """Two 3x3 convolutions with a residual connection (He et al. 2016, Fig. 5 left)."""
     shortcut = _shortcut(x, filters, strides, prefix)
-    y = _conv(x, filters, 3, strides=strides, name=f"{prefix}_conv1")
-    y = _relu(_bn(y, name=f"{prefix}_bn1"), name=f"{prefix}_relu1")
-    y = _conv(y, filters, 3, name=f"{prefix}_conv2")
-    y = _bn(y, name=f"{prefix}_bn2")
+    y = conv(x, filters, 3, strides=strides, name=f"{prefix}_conv1")
+    y = relu(batch_norm(y, name=f"{prefix}_bn1"), name=f"{prefix}_relu1")
+    y = conv(y, filters, 3, name=f"{prefix}_conv2")
+    y = batch_norm(y, name=f"{prefix}_bn2")
     y = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
-    return _relu(y, name=f"{prefix}_out")
+    return relu(y, name=f"{prefix}_out")
 
 
 def _bottleneck_block(x, filters: int, strides: int, prefix: str):
@@ -151,14 +81,14 @@ def _bottleneck_block(x, filters: int, strides: int, prefix: str):
     """
     out = filters * _BOTTLENECK_EXPANSION
     shortcut = _shortcut(x, out, strides, prefix)
-    y = _conv(x, filters, 1, name=f"{prefix}_conv1")
-    y = _relu(_bn(y, name=f"{prefix}_bn1"), name=f"{prefix}_relu1")
-    y = _conv(y, filters, 3, strides=strides, name=f"{prefix}_conv2")
-    y = _relu(_bn(y, name=f"{prefix}_bn2"), name=f"{prefix}_relu2")
-    y = _conv(y, out, 1, name=f"{prefix}_conv3")
-    y = _bn(y, name=f"{prefix}_bn3")
+    y = conv(x, filters, 1, name=f"{prefix}_conv1")
+    y = relu(batch_norm(y, name=f"{prefix}_bn1"), name=f"{prefix}_relu1")
+    y = conv(y, filters, 3, strides=strides, name=f"{prefix}_conv2")
+    y = relu(batch_norm(y, name=f"{prefix}_bn2"), name=f"{prefix}_relu2")
+    y = conv(y, out, 1, name=f"{prefix}_conv3")
+    y = batch_norm(y, name=f"{prefix}_bn3")
     y = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
-    return _relu(y, name=f"{prefix}_out")
+    return relu(y, name=f"{prefix}_out")
 
 
 def cifar_resnet(
@@ -195,20 +125,20 @@ def cifar_resnet(
             f"`depth` of a CIFAR ResNet must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, "
             f"...), received {depth!r}."
         )
-    _check_positive_int(num_classes, "num_classes")
-    _check_width(width_multiplier)
-    shape = _check_input_shape(input_shape)
+    check_positive_int(num_classes, "num_classes")
+    check_width(width_multiplier)
+    shape = check_input_shape(input_shape)
     blocks = (depth - 2) // 6
 
     inputs = keras.Input(shape=shape, name="image")
-    x = _conv(inputs, _scaled(16, width_multiplier), 3, name="conv1")
-    x = _relu(_bn(x, name="bn1"), name="relu1")
+    x = conv(inputs, scaled(16, width_multiplier), 3, name="conv1")
+    x = relu(batch_norm(x, name="bn1"), name="relu1")
     for stage, base in enumerate((16, 32, 64), start=1):
-        filters = _scaled(base, width_multiplier)
+        filters = scaled(base, width_multiplier)
         for block in range(1, blocks + 1):
             strides = 2 if stage > 1 and block == 1 else 1
             x = _basic_block(x, filters, strides, prefix=f"stage{stage}_block{block}")
-    outputs = _logits_head(x, num_classes)
+    outputs = logits_head(x, num_classes)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
 
 
@@ -271,22 +201,22 @@ def imagenet_resnet(
             f"`depth` of an ImageNet ResNet must be one of {sorted(IMAGENET_DEPTHS)}, "
             f"received {depth!r}."
         )
-    _check_positive_int(num_classes, "num_classes")
-    _check_width(width_multiplier)
-    shape = _check_input_shape(input_shape)
+    check_positive_int(num_classes, "num_classes")
+    check_width(width_multiplier)
+    shape = check_input_shape(input_shape)
     kind, blocks = IMAGENET_DEPTHS[depth]
     block_fn = _basic_block if kind == "basic" else _bottleneck_block
 
     inputs = keras.Input(shape=shape, name="image")
-    x = _conv(inputs, _scaled(64, width_multiplier), 7, strides=2, name="conv1")
-    x = _relu(_bn(x, name="bn1"), name="relu1")
+    x = conv(inputs, scaled(64, width_multiplier), 7, strides=2, name="conv1")
+    x = relu(batch_norm(x, name="bn1"), name="relu1")
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
     for stage, (base, n) in enumerate(zip((64, 128, 256, 512), blocks, strict=True), start=1):
-        filters = _scaled(base, width_multiplier)
+        filters = scaled(base, width_multiplier)
         for block in range(1, n + 1):
             strides = 2 if stage > 1 and block == 1 else 1
             x = block_fn(x, filters, strides, prefix=f"stage{stage}_block{block}")
-    outputs = _logits_head(x, num_classes)
+    outputs = logits_head(x, num_classes)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
 
 
