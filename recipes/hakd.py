@@ -51,7 +51,7 @@ import numpy as np
 from absl import app, flags
 
 from apprentice_tf import data, hardware, losses, pruning, reporting
-from apprentice_tf.compat import keras, tf
+from apprentice_tf.compat import keras
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import cifar_resnet, families
 from apprentice_tf.quantize import quantize_model
