@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from apprentice_tf import _checks
 from apprentice_tf.compat import keras
 from apprentice_tf.models.layers import (
     batch_norm,
     check_input_shape,
-    check_positive_int,
     conv,
     logits_head,
     relu,
@@ -79,15 +79,15 @@ def densenet_bc(
             "`depth` of a DenseNet-BC must be 6n + 4 with n >= 1 (e.g. 40, 100, 190, 250), "
             f"received {depth!r}."
         )
-    check_positive_int(growth_rate, "growth_rate")
+    _checks.integer("densenet_bc", "growth_rate", growth_rate, 1)
     if (
         isinstance(compression, bool)
         or not isinstance(compression, (int, float))
         or not 0 < compression <= 1
     ):
         raise ValueError(f"`compression` must be in (0, 1], received {compression!r}.")
-    check_positive_int(num_classes, "num_classes")
-    shape = check_input_shape(input_shape)
+    _checks.integer("densenet_bc", "num_classes", num_classes, 1)
+    shape = check_input_shape("densenet_bc", input_shape)
     layers_per_block = (depth - 4) // 6
 
     inputs = keras.Input(shape=shape, name="image")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from apprentice_tf import _checks
 from apprentice_tf.compat import keras
 
 __all__ = [
@@ -21,8 +22,6 @@ __all__ = [
     "relu",
     "logits_head",
     "scaled",
-    "check_positive_int",
-    "check_width",
     "check_input_shape",
 ]
 
@@ -71,30 +70,12 @@ def scaled(channels: int, width_multiplier: float) -> int:
     return max(1, int(round(channels * width_multiplier)))
 
 
-def check_positive_int(value, argument: str) -> None:
-    """Raise ValueError unless `value` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{argument}` must be an integer >= 1, received {value!r}.")
-
-
-def check_width(width_multiplier) -> None:
-    """Raise ValueError unless `width_multiplier` is a number > 0."""
-    if (
-        isinstance(width_multiplier, bool)
-        or not isinstance(width_multiplier, (int, float))
-        or not width_multiplier > 0
-    ):
-        raise ValueError(f"`width_multiplier` must be a number > 0, received {width_multiplier!r}.")
-
-
-def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    """Raise ValueError unless `input_shape` is (height, width, channels) of positive ints."""
+def check_input_shape(owner: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """`input_shape` as a tuple, or ValueError unless it is (height, width, channels) of
+    positive ints; `owner` is the builder the user called."""
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
-    if len(shape) != 3 or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
-    ):
-        raise ValueError(
-            "`input_shape` must be (height, width, channels) with positive integers, "
-            f"received {input_shape!r}."
+    if len(shape) != 3 or not all(_checks.is_integer(d) and d >= 1 for d in shape):
+        raise _checks.refuse(
+            owner, "input_shape", input_shape, "(height, width, channels) with positive integers"
         )
     return shape  # type: ignore[return-value]

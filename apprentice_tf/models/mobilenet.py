@@ -37,12 +37,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from apprentice_tf import _checks
 from apprentice_tf.compat import keras
 from apprentice_tf.models.layers import (
     batch_norm,
     check_input_shape,
-    check_positive_int,
-    check_width,
     conv,
     logits_head,
     relu,
@@ -156,11 +155,11 @@ def mobilenet_v1(
       ValueError: per-stage arguments of different lengths, an unknown block type, `groups` not
         dividing a grouped block's channels, or another argument out of range.
     """
-    check_positive_int(num_classes, "num_classes")
-    check_width(width_multiplier)
-    check_positive_int(depth_multiplier, "depth_multiplier")
-    check_positive_int(groups, "groups")
-    shape = check_input_shape(input_shape)
+    _checks.integer("mobilenet_v1", "num_classes", num_classes, 1)
+    _checks.real("mobilenet_v1", "width_multiplier", width_multiplier, 0, low_open=True)
+    _checks.integer("mobilenet_v1", "depth_multiplier", depth_multiplier, 1)
+    _checks.integer("mobilenet_v1", "groups", groups, 1)
+    shape = check_input_shape("mobilenet_v1", input_shape)
     if stage_widths is None:
         widths = DEFAULT_STAGE_WIDTHS
     elif isinstance(stage_widths, Sequence) and not isinstance(stage_widths, str) and stage_widths:
@@ -181,7 +180,7 @@ def mobilenet_v1(
     types = _per_stage(block_type, "block_type", n, ())
     for argument, values in (("stage_widths", widths), ("stage_depths", depths)):
         for v in values:
-            check_positive_int(v, argument)
+            _checks.integer("mobilenet_v1", argument, v, 1)
     for s in strides:
         if s not in (1, 2):
             raise ValueError(f"`stage_strides` entries must be 1 or 2, received {strides!r}.")

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from apprentice_tf import _checks
 from apprentice_tf.compat import keras
 from apprentice_tf.models.layers import (
     batch_norm,
     check_input_shape,
-    check_positive_int,
-    check_width,
     conv,
     logits_head,
     relu,
@@ -125,9 +124,9 @@ def cifar_resnet(
             f"`depth` of a CIFAR ResNet must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, "
             f"...), received {depth!r}."
         )
-    check_positive_int(num_classes, "num_classes")
-    check_width(width_multiplier)
-    shape = check_input_shape(input_shape)
+    _checks.integer("cifar_resnet", "num_classes", num_classes, 1)
+    _checks.real("cifar_resnet", "width_multiplier", width_multiplier, 0, low_open=True)
+    shape = check_input_shape("cifar_resnet", input_shape)
     blocks = (depth - 2) // 6
 
     inputs = keras.Input(shape=shape, name="image")
@@ -201,9 +200,9 @@ def imagenet_resnet(
             f"`depth` of an ImageNet ResNet must be one of {sorted(IMAGENET_DEPTHS)}, "
             f"received {depth!r}."
         )
-    check_positive_int(num_classes, "num_classes")
-    check_width(width_multiplier)
-    shape = check_input_shape(input_shape)
+    _checks.integer("imagenet_resnet", "num_classes", num_classes, 1)
+    _checks.real("imagenet_resnet", "width_multiplier", width_multiplier, 0, low_open=True)
+    shape = check_input_shape("imagenet_resnet", input_shape)
     kind, blocks = IMAGENET_DEPTHS[depth]
     block_fn = _basic_block if kind == "basic" else _bottleneck_block
 
