@@ -36,6 +36,8 @@ from apprentice_tf.quantizers import ActivationQuantizer
 __all__ = [
     "quantize_model",
     "quantize_apply",
+    "is_quantization_aware",
+    "split_unfused_activations",
     "WEIGHT_BITS",
     "ACTIVATION_BITS",
 ]
@@ -50,6 +52,29 @@ def _is_relu(layer: keras.layers.Layer) -> bool:
     if isinstance(layer, keras.layers.Activation):
         return getattr(layer.activation, "__name__", "") in ("relu", "relu6")
     return False
+
+
+#: Activations whose output is not quantized by `quantize_model`: the identity, and softmax
+#: (a network's probabilities stay float).
+_UNQUANTIZED_ACTIVATIONS = ("linear", "softmax")
+
+
+def _is_quantized_activation(layer: keras.layers.Layer) -> bool:
+    """A ReLU, or an `Activation` layer (swish, sigmoid, tanh, gelu, ...) whose output gets its
+    own `activation_bits` quantizer.
+
+    TFLite fuses only ReLU-type activations into a Conv/Dense; any other activation is an op of
+    its own, whose float output would leave the next low-precision layer's input float and make
+    the converter keep that layer's kernel in float (EfficientNet's swish before each depthwise
+    conv, measured on TF 2.21). Quantizing the activation's output, as tfmot's 8-bit scheme does
+    for swish and gelu, keeps the next layer integer.
+    """
+    if _is_relu(layer):
+        return True
+    return (
+        isinstance(layer, keras.layers.Activation)
+        and getattr(layer.activation, "__name__", "linear") not in _UNQUANTIZED_ACTIVATIONS
+    )
 
 
 def _weight_config(
@@ -106,6 +131,64 @@ def fold_standalone_relus(model: keras.Model, layer_names: set[str]) -> keras.Mo
     for layer in config["layers"]:
         _graph.rename_references(layer.get("inbound_nodes") or [], folded)
     _graph.rename_references(config["output_layers"], folded)
+    return _graph.rebuild(config, model)
+
+
+#: Activations TFLite fuses into a Conv/Dense op (the integer kernels apply them to the
+#: accumulator); any other activation is an op of its own after the layer.
+_FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+
+
+def split_unfused_activations(model: keras.Model, layer_names: set[str]) -> keras.Model:
+    """Return `model` with the activation of each layer in `layer_names` that TFLite cannot fuse
+    moved into an `Activation` layer of its own, named ``<layer>_activation``.
+
+    ``Conv2D(..., activation="swish")`` becomes ``Conv2D(...) → Activation("swish")`` (same
+    weights, same outputs). TFLite computes a swish or sigmoid as separate ops after the
+    convolution, so the convolution's own output must be quantized for its kernel to stay
+    integer; with the activation inside the layer there is no point to put that quantizer
+    (EfficientNet's squeeze-excite reductions lost their levels, measured on TF 2.21). Returns
+    `model` itself when there is nothing to split.
+    """
+    config = model.get_config()
+    split = {
+        layer["name"]: f"{layer['name']}_activation"
+        for layer in config["layers"]
+        if layer["name"] in layer_names
+        and layer["config"].get("activation", "linear") not in _FUSABLE_ACTIVATIONS
+    }
+    if not split:
+        return model
+    taken = {layer["name"] for layer in config["layers"]} & set(split.values())
+    if taken:
+        raise ValueError(
+            f"quantize_model: model '{model.name}' already has layers named {sorted(taken)}, the "
+            "names given to the activations split off their layers; rename them."
+        )
+    for layer in config["layers"]:
+        _graph.rename_references(layer.get("inbound_nodes") or [], split)
+    _graph.rename_references(config["output_layers"], split)
+    layers = []
+    for layer in config["layers"]:
+        layers.append(layer)
+        if layer["name"] in split:
+            name = split[layer["name"]]
+            activation = layer["config"]["activation"]
+            layer["config"]["activation"] = "linear"
+            layers.append(
+                {
+                    "class_name": "Activation",
+                    "name": name,
+                    "config": {
+                        "name": name,
+                        "activation": activation,
+                        "trainable": layer["config"].get("trainable", True),
+                        "dtype": layer["config"].get("dtype", "float32"),
+                    },
+                    "inbound_nodes": [[_graph.reference(layer["name"])]],
+                }
+            )
+    config["layers"] = layers
     return _graph.rebuild(config, model)
 
 
@@ -344,7 +427,11 @@ def quantize_model(
     Weights of every Conv2D, DepthwiseConv2D and Dense layer except the first conv and the last
     dense (`keep_first_last`) and the layers named in `skip` become ternary (TWN: Δ_c =
     0.7·mean|W_c|, α_c = mean{|w| > Δ_c}) or symmetric k-bit per output channel; the outputs of
-    ReLU layers become unsigned `activation_bits`-bit values (Mishra & Marr 2018). The float
+    ReLU layers become unsigned `activation_bits`-bit values (Mishra & Marr 2018), and those of
+    other activation layers (swish, sigmoid, ...; not softmax) `activation_bits`-bit values over
+    their tracked range, so that the next low-precision layer stays integer in TFLite (a
+    low-precision layer's own swish or sigmoid becomes an `Activation` layer after it, as TFLite
+    computes it). The float
     model's weights are copied in, so a trained float network can be fine-tuned (scheme C).
     Training uses straight-through gradients.
 
@@ -417,21 +504,25 @@ def _apply_export_transforms(
 
     `configs` maps layer names to their QuantizeConfig; those holding a
     `TernaryQuantizeConfig`/`NBitQuantizeConfig` are the low-precision layers. Around them, as
-    `quantize_model` documents: standalone ReLUs folded into the layer, output quantizers where
-    TFLite needs them (`_output_quantization_points`), ReLUs and those BatchNormalizations
-    quantized to `activation_bits`, input quantizers where the input would stay float
-    (`_unquantized_inputs`), and pass-through layers marked so they keep their input's
-    quantization. A layer named in `configs` keeps the config given there.
+    `quantize_model` documents: standalone ReLUs folded into the layer, activations TFLite
+    cannot fuse split off into layers of their own (`split_unfused_activations`), output
+    quantizers where TFLite needs them (`_output_quantization_points`), ReLUs, other activation
+    layers (`_is_quantized_activation`) and those BatchNormalizations quantized to
+    `activation_bits`, input quantizers where the input would stay float (`_unquantized_inputs`),
+    and pass-through layers marked so they keep their input's quantization. A layer named in
+    `configs` keeps the config given there.
     """
     low_precision = {
         name for name, config in configs.items() if isinstance(config, _WeightQuantizeConfig)
     }
     model = fold_standalone_relus(model, low_precision)
+    if activation_bits is not None:
+        model = split_unfused_activations(model, low_precision)
     own_output, batch_norm = _output_quantization_points(model, low_precision)
     no_op: set[str] = set()
     if activation_bits is not None:
-        relus = {layer.name for layer in model.layers if _is_relu(layer)}
-        quantized = own_output | batch_norm | relus | set(configs)
+        activations = {layer.name for layer in model.layers if _is_quantized_activation(layer)}
+        quantized = own_output | batch_norm | activations | set(configs)
         quantized |= {
             name for name in low_precision if not _is_linear_activation(model.get_layer(name))
         }
@@ -439,7 +530,7 @@ def _apply_export_transforms(
             model, _unquantized_inputs(model, low_precision, quantized), activation_bits
         )
         no_op = _adds_before_relus(model) - set(configs)
-        no_op |= _passthrough_layers(model, set(configs) | relus | batch_norm | no_op)
+        no_op |= _passthrough_layers(model, set(configs) | activations | batch_norm | no_op)
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
     def annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -450,7 +541,9 @@ def _apply_export_transforms(
             return annotate(clone, quantize_config=with_output)
         if layer.name in configs:
             return annotate(clone, quantize_config=configs[layer.name])
-        if activation_bits is not None and (_is_relu(layer) or layer.name in batch_norm):
+        if activation_bits is not None and (
+            _is_quantized_activation(layer) or layer.name in batch_norm
+        ):
             return annotate(clone, quantize_config=ActivationQuantizeConfig(activation_bits))
         if layer.name in no_op:
             return annotate(clone, quantize_config=NoOpQuantizeConfig())
@@ -465,6 +558,12 @@ def _apply_export_transforms(
     _deduplicate_tracked_weights(quantized)
     refresh_weight_ranges(quantized)
     return quantized
+
+
+def is_quantization_aware(model: keras.Model) -> bool:
+    """True when `model` has tfmot quantize wrappers (`quantize_model`, `quantize_apply`): its
+    FakeQuant kernels and ranges are what TFLite conversion turns into integer tensors."""
+    return any(hasattr(layer, "quantize_config") for layer in model.layers)
 
 
 def _is_annotation(layer: keras.layers.Layer) -> bool:

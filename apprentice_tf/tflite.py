@@ -41,6 +41,7 @@ from apprentice_tf.litert import (
     size_report,
     store_ternary_dense_as_int2,
 )
+from apprentice_tf.quantize import is_quantization_aware
 from apprentice_tf.quantize_configs import (
     ActivationQuantizeConfig,
     NBitQuantizeConfig,
@@ -178,7 +179,7 @@ def convert(
     if path.exists() and path.is_dir():
         raise ValueError(f"convert: `path` {str(path)!r} is a directory; pass a file name.")
     converter = tf.lite.TFLiteConverter.from_keras_model(_export_copy(model, int4_weights))
-    if representative_data is not None or _is_quantization_aware(model):
+    if representative_data is not None or is_quantization_aware(model):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data)
@@ -281,10 +282,6 @@ def _export_copy(model: keras.Model, int4_weights: bool) -> keras.Model:
         copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
-
-
-def _is_quantization_aware(model: keras.Model) -> bool:
-    return any(hasattr(layer, "quantize_config") for layer in model.layers)
 
 
 def _representative(data: Any) -> Callable[[], Iterable[list[np.ndarray]]]:

@@ -283,3 +283,40 @@ def test_a_squeeze_excite_conv_after_pooling_a_float_activation_keeps_its_levels
     for name in ("se_reduce", "project"):
         stored = [w for w in weights if f"/quant_{name}/" in w.name]
         assert stored and all(w.dtype == "INT8" and w.levels <= 3 for w in stored), name
+
+
+def test_swish_blocks_keep_their_levels_in_the_file(tmp_path):
+    """EfficientNet's MBConv: a depthwise conv reads a swish `Activation` layer, and the
+    squeeze-excite reduction has swish as its own activation. The swish layer's output gets a
+    quantizer (not a pass-through), and the layer's own swish is split off into an `Activation`
+    layer after it (the float outputs are unchanged); every ternary layer keeps 3 levels."""
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("swish", name="stem_swish")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dwconv")(x)
+    x = layers.BatchNormalization(name="dw_bn")(x)
+    x = layers.Activation("swish", name="dw_swish")(x)
+    gate = layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    gate = layers.Conv2D(4, 1, activation="swish", name="se_reduce")(gate)
+    gate = layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(gate)
+    x = layers.Multiply(name="excite")([x, gate])
+    x = layers.Conv2D(8, 1, name="project")(x)
+    x = layers.BatchNormalization(name="project_bn")(x)
+    outputs = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    split = atf.quantize.split_unfused_activations(model, {"se_reduce", "project"})
+    assert split.get_layer("se_reduce").get_config()["activation"] == "linear"
+    assert split.get_layer("se_reduce_activation").get_config()["activation"] == "swish"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(split(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+    qmodel = atf.quantize_model(model, "ternary", activation_bits=8)
+    assert type(wrapped(qmodel)["dw_swish"].quantize_config).__name__ == "ActivationQuantizeConfig"
+    qmodel(x, training=True)
+    path = atf.tflite.convert(qmodel, tmp_path / "mbconv.tflite")  # verifies the levels
+    weights = atf.tflite.inspect(path)
+    for name in ("dwconv", "se_reduce", "se_expand", "project"):
+        stored = [w for w in weights if f"/quant_{name}/" in w.name]
+        assert stored and all(w.dtype == "INT8" and w.levels <= 3 for w in stored), name

@@ -24,7 +24,7 @@ from apprentice_tf.hardware.blocks import OPS, BlockSpec, network_blocks
 from apprentice_tf.hardware.candidates import StudentCandidate
 from apprentice_tf.hardware.device import device_fingerprint
 from apprentice_tf.hardware.table import LatencyRow, LatencyTable
-from apprentice_tf.quantize import quantize_model
+from apprentice_tf.quantize import is_quantization_aware, quantize_model
 
 __all__ = [
     "ProfileSettings",
@@ -126,15 +126,11 @@ def _model_key(model: keras.Model) -> str:
     return f"model:{digest}:in{shape}"
 
 
-def _is_quantization_aware(model: keras.Model) -> bool:
-    return any(hasattr(layer, "quantize_config") for layer in model.layers)
-
-
 def _convert(
     model: keras.Model, quantize: str | int | None, single_block: bool, seed: int, path: Path
 ) -> bool | None:
     """Write `model` converted to TFLite to `path`; whether low-precision levels were verified."""
-    if quantize is None and not _is_quantization_aware(model):
+    if quantize is None and not is_quantization_aware(model):
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         path.write_bytes(converter.convert())
         return None
