@@ -4,47 +4,28 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
-import os
 import platform
 import re
-from pathlib import Path
 from typing import Any
 
-from apprentice_tf import _checks
-from apprentice_tf.compat import tf
+from apprentice_tf import _checks, _io
 
 __all__ = ["device_fingerprint"]
 
 
 @functools.lru_cache(maxsize=1)
 def _device_fields() -> tuple[tuple[str, Any], ...]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "processor\t: ")):
-                value = line.split(":", 1)[1].strip()
-                if value and not value.isdigit():
-                    cpu = value
-                    break
-    except OSError:
-        pass
-    cpu = cpu or platform.processor() or platform.machine() or "unknown"
-
-    def version(package: str) -> str:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
+    """The fields of `_io.machine_info` that decide a latency: the CPU, its cores, the
+    platform and the runtime versions (not the date, the flags or Python)."""
+    info = _io.machine_info()
     return (
-        ("cpu", cpu),
-        ("cores", os.cpu_count() or 0),
+        ("cpu", info["cpu"] or "unknown"),
+        ("cores", info["cores"] or 0),
         ("machine", platform.machine()),
         ("system", platform.system()),
-        ("litert", version("ai-edge-litert")),
-        ("tensorflow", tf.__version__),
+        ("litert", info["ai_edge_litert"] or "not installed"),
+        ("tensorflow", info["tensorflow"] or "not installed"),
     )
 
 
