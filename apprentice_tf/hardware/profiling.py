@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from apprentice_tf import _checks, _io, litert, tflite
-from apprentice_tf.compat import keras, tf
+from apprentice_tf.compat import keras
 from apprentice_tf.hardware._common import check_quantize, check_table_device, quantize_label
 from apprentice_tf.hardware.blocks import OPS, BlockSpec, network_blocks
 from apprentice_tf.hardware.candidates import StudentCandidate
@@ -131,8 +131,7 @@ def _convert(
 ) -> bool | None:
     """Write `model` converted to TFLite to `path`; whether low-precision levels were verified."""
     if quantize is None and not is_quantization_aware(model):
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        path.write_bytes(converter.convert())
+        tflite.convert(model, path)  # a float model stays float32
         return None
     representative = None
     if quantize == "int8":
