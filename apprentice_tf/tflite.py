@@ -168,7 +168,7 @@ def convert(
     if narrow and not widen_activations:
         raise ValueError(
             f"convert: '{model.name}' quantizes activations to fewer than 8 bits in "
-            f"{', '.join(f'{name!r} ({bits}-bit)' for name, bits in narrow.items())}. LiteRT has "
+            f"{_some_layers(narrow)}. LiteRT has "
             "no kernels for activations below 8 bits: the file could only compute them as int8 "
             "over the same ranges, a different network whose top-1 decisions do not match the "
             "Keras model's. Quantize with activation_bits=8 (W4A8 and ternary-A8 files match "
@@ -200,6 +200,13 @@ def convert(
     if verify:
         _check_levels(model, weights, path)
     return path
+
+
+def _some_layers(bits_by_layer: dict[str, int], shown: int = 3) -> str:
+    """``'a' (4-bit), 'b' (4-bit), 'c' (4-bit) and 47 more layers``: an error names a few."""
+    named = [f"{name!r} ({bits}-bit)" for name, bits in list(bits_by_layer.items())[:shown]]
+    rest = len(bits_by_layer) - len(named)
+    return ", ".join(named) + (f" and {rest} more layer{'s' * (rest > 1)}" if rest else "")
 
 
 def narrow_activation_layers(model: keras.Model) -> dict[str, int]:

@@ -73,8 +73,13 @@ def test_four_bit_activations_are_refused_unless_widened(tmp_path):
     model = trained(4, activation_bits=4)
     with pytest.raises(
         ValueError, match="fewer than 8 bits.*quant_conv1.*4-bit.*activation_bits=8"
-    ):
+    ) as refusal:
         tflite.convert(model, tmp_path / "w4a4.tflite")
+    # The message names three layers and counts the rest (a ResNet has about 50).
+    narrow = tflite.narrow_activation_layers(model)
+    assert len(narrow) > 3
+    assert str(refusal.value).count("(4-bit)") == 3
+    assert f"and {len(narrow) - 3} more layer" in str(refusal.value)
     assert not (tmp_path / "w4a4.tflite").exists()
     path = tflite.convert(model, tmp_path / "w4a4.tflite", widen_activations=True)
     weights = by_layer(tflite.inspect(path))
