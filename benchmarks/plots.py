@@ -15,41 +15,32 @@ import json
 from pathlib import Path
 
 from absl import app
+from matplotlib.figure import Figure
 
 from apprentice_tf import reporting
 
 RESULTS = Path("benchmarks/results")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def step_cost_bars(payload: dict, path: Path) -> Path:
     """Horizontal bars of the median step time of each configuration."""
-    plt = _pyplot()
     rows = payload["rows"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.barh([r["configuration"] for r in rows], [r["median_ms"] for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel(f"median ms per training step (batch {payload['batch_size']})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def latency_vs_size(payload: dict, path: Path) -> Path:
     """LiteRT latency (1 thread) against file size, one labelled point per export; the bar is
     the min-max of the round medians when the JSON has them."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for row in payload["rows"]:
         median = row["latency_ms_1_thread"]
         low = row.get("latency_ms_1_thread_round_min", median)
@@ -63,7 +54,6 @@ def latency_vs_size(payload: dict, path: Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
