@@ -25,6 +25,8 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
+from absl import app
+
 from apprentice_tf import _io, litert
 
 RECIPES = ("quickstart", "apprentice", "progressive", "hakd", "pretrain")
@@ -185,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         except litert.TFLiteFileError as error:
             print(f"apprentice-tf {args.command}: {error}", file=sys.stderr)
             return EXIT_BAD_FILE
-    from absl import app
-
     module = importlib.import_module(f"{RECIPES_PACKAGE}.{args.recipe}")
     app.run(module.main, argv=[f"recipes.{args.recipe}", *rest])
     return 0

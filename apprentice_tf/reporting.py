@@ -138,11 +138,7 @@ def plot_latency_sweep(
     builds the panels from a latency table. Uses matplotlib's Agg canvas directly (no global
     backend change).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(5 * len(panels), 4), constrained_layout=True)
-    FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, series) in zip(axes, panels.items(), strict=True):
         for line_data in series:

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 from absl import app, flags
+from matplotlib.figure import Figure
 
 from apprentice_tf import data, hardware, losses, pruning, reporting
 from apprentice_tf.compat import keras
@@ -373,11 +374,7 @@ def _plot_accuracy_vs_latency(
     rows: Sequence[Mapping[str, Any]], budget: float, path: Path, candidates: Sequence[Any] = ()
 ) -> Path:
     """Top-1 (TFLite) against measured latency, one labelled point per row, budget line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(6.5, 4.5), constrained_layout=True)
-    FigureCanvasAgg(figure)
     ax = figure.subplots()
     for row in rows:
         if row.get("latency_ms") is None or row.get("tflite_top1") is None:

@@ -9,6 +9,7 @@ import pytest
 
 from apprentice_tf import progressive, saving, tflite
 from apprentice_tf.compat import keras
+from apprentice_tf.distiller import Distiller
 from apprentice_tf.progressive import (
     AncillaryConv2D,
     AncillaryDecay,
@@ -21,11 +22,6 @@ from apprentice_tf.progressive import (
 )
 from apprentice_tf.quantize import quantize_model
 from apprentice_tf.saving import quantize_scope
-
-try:
-    from apprentice_tf.distiller import Distiller
-except ImportError:  # pragma: no cover - the Distiller is built by another engineer
-    Distiller = None
 
 LOW_PRECISION_CONVS = ("conv2", "dw", "conv3")
 
@@ -298,7 +294,6 @@ def test_fit_trains_branches_while_lambda_positive_then_strip_matches(shared):
     assert np.max(np.abs(stripped.predict(x, verbose=0) - expected)) < 1e-5
 
 
-@pytest.mark.skipif(Distiller is None, reason="apprentice_tf.distiller is not available")
 def test_distiller_drives_lambda_of_expanded_student():
     student = add_ancillary(_float_model("student"))
     teacher = _float_model("teacher")

@@ -1,5 +1,6 @@
 """quantize_model: which layers become low precision, exact levels in Keras, weights, bad input."""
 
+import keras as keras3
 import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
@@ -114,8 +115,6 @@ def test_training_moves_latent_weights_and_keeps_levels(blob_data):
 
 
 def keras3_model():
-    import keras as keras3
-
     return keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(3), keras3.layers.Dense(2)])
 
 
