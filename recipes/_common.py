@@ -232,7 +232,7 @@ def keras_top1(model: keras.Model, dataset: tf.data.Dataset) -> float:
     """Top-1 accuracy of a Keras classifier (logits) on a dataset of (x, y)."""
     correct = total = 0
     for x, y in dataset:
-        predictions = np.argmax(model(x, training=False), axis=-1)
+        predictions = np.argmax(model.predict_on_batch(x), axis=-1)
         correct += int(np.sum(predictions == np.asarray(y).reshape(-1)))
         total += len(predictions)
     return correct / total
@@ -247,52 +247,27 @@ def deploy(
 ) -> dict[str, Any]:
     """Convert `model` to `path`, inspect the file and compare it with Keras on all of `test_data`.
 
-    One pass over the split runs both networks on every batch (Keras in inference mode, the
-    .tflite file under the LiteRT interpreter) and adds to `row`: ``keras_top1``,
-    ``tflite_top1``, their per-example top-1 ``agreement`` with the maximum and mean absolute
-    logit difference (``max_abs_diff``, ``mean_abs_diff``; ``max_abs_output`` = max |Keras logit|
-    to judge them against), the file/gzip/packed/float32 sizes and the per-layer inspection.
+    One pass over the split (`apprentice_tf.tflite.agreement`) runs both networks on every batch
+    (Keras in inference mode, the .tflite file under one LiteRT interpreter) and adds to `row`:
+    ``keras_top1``, ``tflite_top1``, their per-example top-1 ``agreement`` with the maximum and
+    mean absolute logit difference (``max_abs_diff``, ``mean_abs_diff``; ``max_abs_output`` =
+    max |Keras logit| to judge them against), the file/gzip/packed/float32 sizes and the
+    per-layer inspection.
     """
     # A4 students: LiteRT computes their activations as int8 (see tflite.convert); the row
     # reports Keras and TFLite top-1 and their agreement, so the change is measured.
     tflite.convert(model, path, widen_activations=True)
     weights = tflite.inspect(path)
     sizes = tflite.size_report(path, weights)
-    keras_correct = tflite_correct = agree = examples = 0
-    max_diff = sum_diff = max_output = 0.0
-    values = 0
-    cardinality = int(test_data.cardinality())
-    progress = keras.utils.Progbar(
-        cardinality if cardinality > 0 else None, verbose=verbose, unit_name="batch"
-    )
-    for step, (x, y) in enumerate(test_data, start=1):
-        expected = np.asarray(model(x, training=False), dtype=np.float32)
-        actual = tflite.predict(path, np.asarray(x))
-        labels = np.asarray(y).reshape(-1)
-        keras_correct += int(np.sum(expected.argmax(-1) == labels))
-        tflite_correct += int(np.sum(actual.argmax(-1) == labels))
-        agree += int(np.sum(expected.argmax(-1) == actual.argmax(-1)))
-        examples += len(labels)
-        difference = np.abs(expected - actual)
-        max_diff = max(max_diff, float(difference.max()))
-        sum_diff += float(difference.sum())
-        values += difference.size
-        max_output = max(max_output, float(np.abs(expected).max()))
-        progress.update(step)
-    if examples == 0:
-        raise RecipeError(f"deploy: the test split gave no examples for {path}.")
+    compared = tflite.agreement(model, path, test_data, verbose=verbose)
+    if "keras_top1" not in compared:
+        raise RecipeError(f"deploy: the test split for {path} must yield (images, labels) pairs.")
     return {
         **row,
-        "keras_top1": keras_correct / examples,
-        "tflite_top1": tflite_correct / examples,
-        "test_examples": examples,
-        "agreement": {
-            "top1_agreement": agree / examples,
-            "max_abs_diff": max_diff,
-            "mean_abs_diff": sum_diff / values,
-            "max_abs_output": max_output,
-            "examples": examples,
-        },
+        "keras_top1": compared.pop("keras_top1"),
+        "tflite_top1": compared.pop("tflite_top1"),
+        "test_examples": compared["examples"],
+        "agreement": compared,
         **dataclasses.asdict(sizes),
         "tflite": str(path),
         "inspection": [dataclasses.asdict(w) for w in weights],

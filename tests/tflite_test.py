@@ -263,3 +263,40 @@ def test_export_form_of_each_config():
     )
     assert atf.ActivationQuantizeConfig(4).export_form() == atf.ActivationQuantizeConfig(8)
     assert atf.ActivationQuantizer(2).export_form() == atf.ActivationQuantizer(8)
+
+
+def test_two_input_model_converts_with_named_inputs_and_matches_keras(tmp_path):
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3), name="image")
+    extra = keras.Input((4,), name="extra")
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, name="conv")(image))
+    x = keras.layers.Concatenate()([x, keras.layers.Dense(4, name="side")(extra)])
+    model = keras.Model([image, extra], keras.layers.Dense(3, name="logits")(x))
+    path = tflite.convert(model, tmp_path / "two.tflite")
+    runner = litert.make_interpreter(path).get_signature_runner("serving_default")
+    rng = np.random.default_rng(0)
+    inputs = {
+        "image": rng.normal(size=(1, 8, 8, 3)).astype(np.float32),
+        "extra": rng.normal(size=(1, 4)).astype(np.float32),
+    }
+    outputs = runner(**inputs)
+    assert list(outputs) == ["logits"]
+    expected = model.predict_on_batch([inputs["image"], inputs["extra"]])
+    np.testing.assert_allclose(outputs["logits"], expected, atol=1e-5)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+def test_subclassed_model_without_symbolic_inputs_still_converts(tmp_path):
+    model = _Subclassed()
+    x = np.ones((1, 3), np.float32)
+    expected = model(x)
+    path = tflite.convert(model, tmp_path / "sub.tflite")
+    np.testing.assert_allclose(litert.predict(path, x), expected, atol=1e-5)
