@@ -244,6 +244,7 @@ def deploy(
     test_data: tf.data.Dataset,
     row: dict[str, Any],
     verbose: int = 1,
+    num_threads: int = 1,
 ) -> dict[str, Any]:
     """Convert `model` to `path`, inspect the file and compare it with Keras on all of `test_data`.
 
@@ -252,14 +253,14 @@ def deploy(
     ``keras_top1``, ``tflite_top1``, their per-example top-1 ``agreement`` with the maximum and
     mean absolute logit difference (``max_abs_diff``, ``mean_abs_diff``; ``max_abs_output`` =
     max |Keras logit| to judge them against), the file/gzip/packed/float32 sizes and the
-    per-layer inspection.
+    per-layer inspection. `num_threads` is the interpreter's (the figures do not depend on it).
     """
     # A4 students: LiteRT computes their activations as int8 (see tflite.convert); the row
     # reports Keras and TFLite top-1 and their agreement, so the change is measured.
     tflite.convert(model, path, widen_activations=True)
     weights = tflite.inspect(path)
     sizes = tflite.size_report(path, weights)
-    compared = tflite.agreement(model, path, test_data, verbose=verbose)
+    compared = tflite.agreement(model, path, test_data, num_threads, verbose)
     if "keras_top1" not in compared:
         raise RecipeError(f"deploy: the test split for {path} must yield (images, labels) pairs.")
     return {
