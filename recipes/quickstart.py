@@ -178,7 +178,14 @@ def run(config: QuickstartConfig) -> dict[str, Any]:
 
     def row(network: keras.Model, file: str, name: str, seed: int | None = None) -> dict:
         print(f"[quickstart] {name}: converting and evaluating on {config.test_split}", flush=True)
-        result = deploy(network, output_dir / file, test, {"network": name}, 0, config.threads or 1)
+        result = deploy(
+            network,
+            output_dir / file,
+            test,
+            {"network": name},
+            verbose=0,
+            num_threads=config.threads or 1,
+        )
         result["levels_per_channel"] = _levels(result)
         result["seed"] = seed
         return result
