@@ -3,15 +3,15 @@
     nice -n 10 python -m benchmarks.agreement [--epochs=1 --work_dir=/tmp/atf_agreement]
 
 The networks are the ones a user of scheme C gets: the zoo's trained float ResNet-20
-(``cifar10/resnet20``, 87.4% top-1) is lowered with `apprentice_tf.quantize_model` to ternary
-W2A8 and to 4-bit W4A8 and each is fine-tuned for ``--epochs`` on the full train split
-(SGD with nesterov momentum 0.9, cosine from lr 0.02 after a linear warm-up over the first
-tenth, batch 128, seed 0). Each is converted with `apprentice_tf.tflite.convert` (int8
-storage; the 4-bit one also with ``int4_weights=True``), and over the 10,000 test images the
-script reports Keras top-1, TFLite top-1 (LiteRT), their top-1 agreement and the max and mean
-absolute logit difference (`apprentice_tf.tflite.agreement`). The float network is the
-reference row. W4A4 is not a row: `convert` refuses 4-bit activations (LiteRT has no kernels
-for them) and says to use ``activation_bits=8``; the script records that message.
+(``cifar10/resnet20``, 87.4% top-1) is lowered with `apprentice_tf.quantize_model` to ternary W2A8
+and to 4-bit W4A8 and each is fine-tuned for ``--epochs`` on the full train split as the quickstart
+fine-tunes (`recipes.quickstart.fine_tune`: SGD with Nesterov momentum 0.9, linear warm-up to lr
+0.02 over the first tenth, then cosine to 0; batch 128, seed 0). Each is converted with
+`apprentice_tf.tflite.convert` (int8 storage; the 4-bit one also with ``int4_weights=True``), and
+over the 10,000 test images the script reports Keras top-1, TFLite top-1 (LiteRT), their top-1
+agreement and the max and mean absolute logit difference (`apprentice_tf.tflite.agreement`). The
+float network is the reference row. W4A4 is not a row: `convert` refuses 4-bit activations (LiteRT
+has no kernels for them) and says to use ``activation_bits=8``; the script records that message.
 
 Fine-tuned weights are kept in ``--work_dir``, so a rerun after a stop trains only what is
 missing. Prints a table and writes ``--output`` (JSON).
@@ -19,7 +19,6 @@ missing. Prints a table and writes ``--output`` (JSON).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from absl import app, flags
 
 import apprentice_tf as atf
 from apprentice_tf.compat import keras
+from recipes import quickstart
 
 flags.DEFINE_float("epochs", 1.0, "fine-tuning epochs of each low-precision network")
 flags.DEFINE_string("student", "cifar10/resnet20", "zoo name of the trained float network")
@@ -42,8 +42,6 @@ VARIANTS = (
     ("4-bit W4A8", 4, 8, {}),
     ("4-bit W4A8, int4_weights", 4, 8, {"int4_weights": True}),
 )
-LEARNING_RATE = 0.02
-BATCH_SIZE = 128
 
 COLUMNS = (
     ("network", "network"),
@@ -60,30 +58,13 @@ COLUMNS = (
 def _fine_tuned(
     float_model: keras.Model, weight_bits: Any, activation_bits: int, f: flags.FlagValues
 ) -> keras.Model:
-    """`quantize_model(float_model)` fine-tuned for ``f.epochs`` (or reloaded from work_dir)."""
-    model = atf.quantize_model(float_model, weight_bits, activation_bits)
-    weights = Path(f.work_dir) / f"w{weight_bits}a{activation_bits}.weights.h5"
-    if weights.exists():
-        print(f"[agreement] reusing {weights}", flush=True)
-        model.load_weights(weights)
-        return model
+    """`quantize_model(float_model)` fine-tuned as the quickstart fine-tunes (resumable)."""
+    config = quickstart.QuickstartConfig(epochs=f.epochs, seeds=(f.seed,), verbose=2)
+    train = atf.data.load("cifar10", f.train_split, config.batch_size, augment=True, seed=f.seed)
     keras.utils.set_random_seed(f.seed)
-    train = atf.data.load("cifar10", f.train_split, BATCH_SIZE, augment=True, seed=f.seed)
-    steps = max(1, round(f.epochs * int(train.cardinality())))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=steps - max(1, steps // 10),
-        warmup_target=LEARNING_RATE,
-        warmup_steps=max(1, steps // 10),
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    epochs = max(1, math.floor(f.epochs))
-    model.fit(train.repeat(), epochs=epochs, steps_per_epoch=math.ceil(steps / epochs), verbose=2)
-    model.save_weights(weights)
+    model = atf.quantize_model(float_model, weight_bits, activation_bits)
+    stage = f"w{weight_bits}a{activation_bits}"
+    quickstart.fine_tune(stage, model, train, config, Path(f.work_dir))
     return model
 
 
@@ -145,8 +126,9 @@ def main(argv: list[str]) -> None:
             "fine_tuning": {
                 "epochs": f.epochs,
                 "train_split": f.train_split,
-                "optimizer": "SGD nesterov 0.9, cosine from 0.02 after 10% linear warm-up",
-                "batch_size": BATCH_SIZE,
+                "optimizer": "recipes.quickstart.fine_tune: SGD nesterov 0.9, linear warm-up "
+                "over the first tenth to 0.02, then cosine to 0",
+                "batch_size": quickstart.QuickstartConfig.batch_size,
                 "seed": f.seed,
             },
             "test_split": f.test_split,

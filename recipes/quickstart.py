@@ -129,14 +129,21 @@ def _levels(row: dict[str, Any]) -> int | None:
     return max(counts) if counts else None
 
 
-def _fine_tune(
+def fine_tune(
     stage: str,
     model: keras.Model,
     train: Any,
     config: QuickstartConfig,
     output_dir: Path,
 ) -> None:
-    """Fine-tune for ``config.epochs`` (whole or fractional) as a resumable stage."""
+    """Fine-tune `model` for ``config.epochs`` (whole or fractional) as a resumable stage.
+
+    SGD with Nesterov momentum 0.9 over T = round(epochs · batches per epoch) steps: linear
+    warm-up to ``config.learning_rate`` over the first tenth, then cosine to 0
+    (`recipes._common.make_optimizer`). A `Distiller` brings its own loss; any other model is
+    trained on the labels with sparse categorical cross-entropy on logits. The finished weights
+    are ``<output_dir>/<stage>.weights.h5``; a rerun loads them instead of training again.
+    """
     per_epoch = steps_per_epoch(train)
     total = max(1, round(config.epochs * per_epoch))
     epochs = max(1, math.floor(config.epochs))
@@ -200,13 +207,13 @@ def run(config: QuickstartConfig) -> dict[str, Any]:
         )
         keras.utils.set_random_seed(seed)
         alone = quantize_model(float_student, weight_bits="ternary", activation_bits=8)
-        _fine_tune(f"alone_seed{seed}", alone, train, config, output_dir)
+        fine_tune(f"alone_seed{seed}", alone, train, config, output_dir)
         alone_row = row(alone, f"alone_seed{seed}.tflite", "ternary, fine-tuned alone", seed)
         keras.utils.set_random_seed(seed)
         distiller = Distiller.from_pretrained_student(
             float_student, teacher, weight_bits="ternary", activation_bits=8
         )
-        _fine_tune(f"distilled_seed{seed}", distiller, train, config, output_dir)
+        fine_tune(f"distilled_seed{seed}", distiller, train, config, output_dir)
         distilled_row = row(
             distiller.student,
             f"distilled_seed{seed}.tflite",
