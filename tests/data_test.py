@@ -43,6 +43,21 @@ def test_a_pass_cut_short_leaves_every_later_pass_whole():
         np.testing.assert_array_equal(_materialise(ds)[1], labels)
 
 
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"augment": True}, {"deterministic": True}], ids=["plain", "augment", "det"]
+)
+def test_autotuner_is_off_and_stays_off_downstream(kwargs):
+    # With the autotuner on, deleting an iterator waited for its thread's next wake-up (up to
+    # 60 s; measured, not asserted here: the tests do not time anything). Datasets built on a
+    # loaded one inherit the option, e.g. the shuffled cached-logit pipeline of recipes.apprentice.
+    ds = data.load("cifar10", "test[:32]", batch_size=16, **kwargs)
+    assert ds.options().autotune.enabled is False
+    derived = ds.unbatch().shuffle(32, seed=0).batch(8).prefetch(tf.data.AUTOTUNE)
+    assert derived.options().autotune.enabled is False
+    assert (ds.options().deterministic is True) == bool(kwargs.get("deterministic"))
+    assert data.is_deterministic(ds) == bool(kwargs.get("deterministic"))
+
+
 def test_cifar10_normalisation_is_per_channel_standard():
     images, _ = _materialise(data.load("cifar10", "train[:512]", 512, deterministic=True))
     mean = images.mean(axis=(0, 1, 2))
