@@ -50,7 +50,7 @@ flags.DEFINE_string("output", "benchmarks/results/first_command.json", "JSON out
 #: pip's last line of a successful install.
 INSTALLED = "Successfully installed"
 #: Progress lines of the main job start with this.
-PROGRESS = re.compile(r"^\[(quickstart|apprentice|progressive|hakd)\]")
+PROGRESS = re.compile(r"^\[quickstart\]")
 #: The job's final report starts at the last line that starts with this.
 REPORT_START = "# Quickstart"
 
