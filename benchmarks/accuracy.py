@@ -7,21 +7,24 @@ the full test split (10,000) in Keras and in LiteRT, with the same budget: ``--e
 batch 128, SGD with Nesterov momentum 0.9, one warm-up epoch then cosine decay to 0, weight decay
 5e-4 (`recipes._common.make_optimizer`). Groups, in the order they run (most important first):
 
-=============  =================================================================================
-float          the float ResNet-20 student (`recipes.pretrain`)
-teacher        the float teacher, ``--teacher`` (`recipes.pretrain`)
-C              scheme C: the float student lowered to ternary W2A8 and fine-tuned for
-               ``--finetune_epochs`` at lr 0.01, alone and with distillation
-B_seed<s>      scheme B, ternary W2A8, from scratch: alone and distilled from the frozen
-               teacher, one group per seed of ``--seeds``
-B_4bit         scheme B with W4A8 (4-bit weights): alone and distilled
-progressive    ternary W2A8 with progressive ancillary branches (no distillation)
-progressive_B  the same, distilled from the teacher
-A              scheme A: ternary student and teacher trained together from scratch
-HAKD           the float CIFAR ResNet student HAKD selects under ``--hakd_budget_ms`` (LiteRT,
-               batch 1, 1 thread), distilled from the teacher, against magnitude- and
-               channel-pruned copies of the teacher at about the same measured latency
-=============  =================================================================================
+================  =================================================================================
+float             the float ResNet-20 student (`recipes.pretrain`)
+teacher           the float teacher, ``--teacher`` (`recipes.pretrain`)
+teacher_restart   the teacher trained ``--teacher_restart_epochs`` more from its weights, a warm
+                  restart of the schedule at ``--teacher_restart_lr`` (SGDR, Loshchilov & Hutter
+                  2017): the teacher of every distilled row when there is one
+C                 scheme C: the float student lowered to ternary W2A8 and fine-tuned for
+                  ``--finetune_epochs`` at lr 0.01, alone and with distillation
+B_seed<s>         scheme B, ternary W2A8, from scratch: alone and distilled from the frozen
+                  teacher, one group per seed of ``--seeds``
+B_4bit            scheme B with W4A8 (4-bit weights): alone and distilled
+progressive       ternary W2A8 with progressive ancillary branches (no distillation)
+progressive_B     the same, distilled from the teacher
+A                 scheme A: ternary student and teacher trained together from scratch
+HAKD              the float CIFAR ResNet student HAKD selects under ``--hakd_budget_ms`` (LiteRT,
+                  batch 1, 1 thread), distilled from the teacher, against magnitude- and
+                  channel-pruned copies of the teacher at about the same measured latency
+================  =================================================================================
 
 Each group is one recipe run (`recipes.pretrain.run`, `recipes.apprentice.run`,
 `recipes.progressive.run`) in ``<work_dir>/<group>``, resumable epoch by epoch; when a group
@@ -53,6 +56,13 @@ from recipes import apprentice, hakd, pretrain, progressive
 flags.DEFINE_integer("epochs", 15, "epochs of every from-scratch row (students and teacher)")
 flags.DEFINE_integer("finetune_epochs", 3, "scheme C: fine-tuning epochs of both C rows")
 flags.DEFINE_string("teacher", "resnet56", "teacher network (float CIFAR ResNet)")
+flags.DEFINE_integer(
+    "teacher_restart_epochs",
+    20,
+    "epochs of the teacher's warm restart from its --epochs run (0: none; the teacher is then "
+    "the --epochs run)",
+)
+flags.DEFINE_float("teacher_restart_lr", 0.05, "peak learning rate of the teacher's warm restart")
 flags.DEFINE_string("student", "resnet20", "student network (CIFAR ResNet)")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of the ternary alone / scheme B comparison")
 flags.DEFINE_list("groups", [], "run only these groups (default: every group, in order)")
@@ -76,29 +86,33 @@ def _budget() -> dict[str, Any]:
         "epochs": f.epochs,
         "finetune_epochs": f.finetune_epochs,
         "teacher": f.teacher,
+        "teacher_restart_epochs": f.teacher_restart_epochs,
+        "teacher_restart_lr": f.teacher_restart_lr,
         "student": f.student,
         "batch_size": 128,
         "schedule": "SGD Nesterov 0.9, 1 warm-up epoch, cosine to 0, weight decay 5e-4",
     }
 
 
-def _pretrain(model: str, work: Path) -> dict[str, Any]:
+def _pretrain(model: str, work: Path, **overrides: Any) -> dict[str, Any]:
     f = flags.FLAGS
-    return pretrain.run(
-        pretrain.PretrainConfig(
-            model=model,
-            train_split=f.train_split,
-            test_split=f.test_split,
-            epochs=f.epochs,
-            output_dir=str(work),
-            threads=f.threads,
-            verbose=2,
-        )
-    )
+    settings = {
+        "model": model,
+        "train_split": f.train_split,
+        "test_split": f.test_split,
+        "epochs": f.epochs,
+        "output_dir": str(work),
+        "threads": f.threads,
+        "verbose": 2,
+        **overrides,
+    }
+    return pretrain.run(pretrain.PretrainConfig(**settings))
 
 
 def _teacher_weights(work_dir: Path) -> str:
-    return str(work_dir / "teacher" / "float.weights.h5")
+    """The teacher every distilled row uses: the warm restart's when there is one."""
+    stage = "teacher_restart" if flags.FLAGS.teacher_restart_epochs > 0 else "teacher"
+    return str(work_dir / stage / "float.weights.h5")
 
 
 def _apprentice(scheme: str, bits: str, work: Path, **overrides: Any) -> dict[str, Any]:
@@ -218,6 +232,18 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
         curve = results["val_accuracy"]
         return [_row(results["rows"][0], f"teacher {f.teacher} (float)", curve, work, "float")]
 
+    def teacher_restart_group() -> list[dict[str, Any]]:
+        work = work_dir / "teacher_restart"
+        results = _pretrain(
+            f.teacher,
+            work,
+            epochs=f.teacher_restart_epochs,
+            learning_rate=f.teacher_restart_lr,
+            initial_weights=str(work_dir / "teacher" / "float.weights.h5"),
+        )
+        name = f"teacher {f.teacher} (float, {f.epochs} + {f.teacher_restart_epochs} epochs)"
+        return [_row(results["rows"][0], name, results["val_accuracy"], work, "float")]
+
     def scheme_c() -> list[dict[str, Any]]:
         work = work_dir / "C"
         results = _apprentice(
@@ -317,8 +343,10 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
     plan: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
         ("float", float_group),
         ("teacher", teacher_group),
-        ("C", scheme_c),
     ]
+    if f.teacher_restart_epochs > 0:
+        plan.append(("teacher_restart", teacher_restart_group))
+    plan.append(("C", scheme_c))
     for seed in (int(s) for s in f.seeds):
         plan.append(
             (

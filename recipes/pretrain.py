@@ -26,7 +26,9 @@ Example (the float student of the CIFAR-10 study)::
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from absl import app, flags
@@ -39,10 +41,12 @@ from . import _common
 from ._common import (
     RecipeError,
     check_choice,
+    check_file,
     check_output_dir,
     check_positive,
     configure_threads,
     deploy,
+    load_checkpoint,
     make_optimizer,
     resnet_depth,
     train_stage,
@@ -67,6 +71,7 @@ class PretrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     precision: str = "auto"
+    initial_weights: str = ""
     output_dir: str = "runs/pretrain"
     threads: int = 0
     verbose: int = 2
@@ -88,6 +93,10 @@ _HELP: dict[str, str] = {
     "precision": (
         "Keras dtype policy of training: auto = mixed_bfloat16 where the CPU has bfloat16 "
         "instructions, float32 elsewhere (apprentice_tf.precision)."
+    ),
+    "initial_weights": (
+        "Start from these weights of the same network (e.g. another run's float.weights.h5) "
+        "instead of a random initialisation: a warm restart of the schedule (SGDR)."
     ),
     "output_dir": "Directory for every output.",
     "threads": "TensorFlow threads (0: its default).",
@@ -113,9 +122,24 @@ def command(config: PretrainConfig) -> str:
     settings = " ".join(
         f"--{name}={value}"
         for name, value in dataclasses.asdict(config).items()
-        if name not in skip
+        if name not in skip and not (name == "initial_weights" and not value)
     )
     return f"python -m recipes.pretrain {settings}"
+
+
+def _provenance(weights: Path) -> dict[str, Any]:
+    """Where a warm restart started: the weights' path and sha256 and, when the run that wrote
+    them left its ``results.json`` beside them, that run's command, epochs and test top-1."""
+    provenance: dict[str, Any] = {"path": str(weights), "sha256": zoo.sha256(weights)}
+    earlier = weights.parent / "results.json"
+    if earlier.exists():
+        previous = json.loads(earlier.read_text())
+        provenance.update(
+            command=previous.get("command"),
+            epochs=previous.get("config", {}).get("epochs"),
+            test_top1=previous.get("test_top1"),
+        )
+    return provenance
 
 
 def run(config: PretrainConfig) -> dict[str, Any]:
@@ -131,6 +155,7 @@ def run(config: PretrainConfig) -> dict[str, Any]:
             f"--warmup_epochs and --weight_decay must be >= 0, received {config.warmup_epochs} "
             f"and {config.weight_decay}."
         )
+    check_file("initial_weights", config.initial_weights)
     output_dir = check_output_dir(config.output_dir)
     configure_threads(config.threads)
     num_classes = data.num_classes(config.dataset)
@@ -154,6 +179,11 @@ def run(config: PretrainConfig) -> dict[str, Any]:
         model = build()
     finally:
         keras.mixed_precision.set_global_policy(previous)
+    label = config.model if config.width == 1 else f"{config.model} x{config.width:g}"
+    if config.initial_weights:
+        load_checkpoint(
+            "initial_weights", config.initial_weights, model, f"a {label} for {config.dataset}"
+        )
     model.compile(
         optimizer=make_optimizer(
             config.learning_rate,
@@ -179,7 +209,6 @@ def run(config: PretrainConfig) -> dict[str, Any]:
     if policy != "float32":  # the float32 variables, in a float32 network for export
         trained, model = model, build()
         model.set_weights(trained.get_weights())
-    label = config.model if config.width == 1 else f"{config.model} x{config.width:g}"
     row = deploy(
         model,
         output_dir / "float.tflite",
@@ -200,6 +229,8 @@ def run(config: PretrainConfig) -> dict[str, Any]:
         "val_accuracy": history.get("val_accuracy", []),
         "machine": reporting.machine_info(config.threads),
     }
+    if config.initial_weights:
+        results["initial_weights"] = _provenance(Path(config.initial_weights))
     reporting.write_json(output_dir / "results.json", results)
     print(f"[pretrain] {config.model}: test top-1 {results['test_top1']:.4f}, {weights}")
     return results
