@@ -135,8 +135,9 @@ def fine_tune(
     train: Any,
     config: QuickstartConfig,
     output_dir: Path,
-) -> None:
-    """Fine-tune `model` for ``config.epochs`` (whole or fractional) as a resumable stage.
+) -> float:
+    """Fine-tune `model` for ``config.epochs`` (whole or fractional) as a resumable stage; returns
+    its training wall seconds (from the stage's log, so also for a stage finished earlier).
 
     SGD with Nesterov momentum 0.9 over T = round(epochs · batches per epoch) steps: linear
     warm-up to ``config.learning_rate`` over the first tenth, then cosine to 0
@@ -160,7 +161,7 @@ def fine_tune(
         metrics=["accuracy"],
     )
     # A repeated dataset with steps_per_epoch: a fraction of an epoch, with a known total.
-    train_stage(
+    history = train_stage(
         stage,
         model,
         train.repeat(),
@@ -170,6 +171,7 @@ def fine_tune(
         verbose=config.verbose,
         steps_per_epoch=steps,
     )
+    return float(sum(history.get("seconds", [])))
 
 
 def run(config: QuickstartConfig) -> dict[str, Any]:
@@ -210,20 +212,22 @@ def run(config: QuickstartConfig) -> dict[str, Any]:
         )
         keras.utils.set_random_seed(seed)
         ternary.set_weights(before)
-        fine_tune(f"alone_seed{seed}", ternary, train, config, output_dir)
+        alone_seconds = fine_tune(f"alone_seed{seed}", ternary, train, config, output_dir)
         alone_row = row(ternary, f"alone_seed{seed}.tflite", "ternary, fine-tuned alone", seed)
+        alone_row["fine_tuning_seconds"] = alone_seconds
         keras.utils.set_random_seed(seed)
         ternary.set_weights(before)
         # Scheme C; Distiller.from_pretrained_student(float_student, teacher) does the same in
         # one call, quantizing a fresh copy.
         distiller = Distiller(student=ternary, teacher=teacher)
-        fine_tune(f"distilled_seed{seed}", distiller, train, config, output_dir)
+        distilled_seconds = fine_tune(f"distilled_seed{seed}", distiller, train, config, output_dir)
         distilled_row = row(
             distiller.student,
             f"distilled_seed{seed}.tflite",
             f"ternary, fine-tuned with distillation from {config.teacher}",
             seed,
         )
+        distilled_row["fine_tuning_seconds"] = distilled_seconds
         rows += [alone_row, distilled_row]
         gains.append(distilled_row["tflite_top1"] - alone_row["tflite_top1"])
 

@@ -48,6 +48,8 @@ def test_table_has_every_network_evaluated_on_the_split(quick):
         assert row["test_examples"] == 64
         assert 0.0 <= row["keras_top1"] <= 1.0 and 0.0 <= row["tflite_top1"] <= 1.0
         assert row["latency_ms"] > 0
+    assert all(row["fine_tuning_seconds"] > 0 for row in rows[2:])
+    assert "fine_tuning_seconds" not in rows[0] and "fine_tuning_seconds" not in rows[1]
     assert rows[0]["levels_per_channel"] is None  # float file: no integer kernels
     assert all(row["levels_per_channel"] == 3 for row in rows[1:])  # ternary, in the file
 
