@@ -44,6 +44,7 @@ _NAMES = {
     "Distiller": "apprentice_tf.distiller",
     "cache_teacher_logits": "apprentice_tf.caching",
     "custom_objects": "apprentice_tf.saving",
+    "calibrate": "apprentice_tf.quantize",
     "quantize_apply": "apprentice_tf.quantize",
     "quantize_model": "apprentice_tf.quantize",
     "quantize_scope": "apprentice_tf.saving",
@@ -77,7 +78,7 @@ if TYPE_CHECKING:  # static analysers see the eager imports
     )
     from apprentice_tf.caching import cache_teacher_logits  # noqa: F401
     from apprentice_tf.distiller import Distiller  # noqa: F401
-    from apprentice_tf.quantize import quantize_apply, quantize_model  # noqa: F401
+    from apprentice_tf.quantize import calibrate, quantize_apply, quantize_model  # noqa: F401
     from apprentice_tf.quantize_configs import (  # noqa: F401
         ActivationQuantizeConfig,
         NBitQuantizeConfig,

@@ -58,7 +58,7 @@ import numpy as np
 
 from apprentice_tf import _checks, losses
 from apprentice_tf.compat import keras, tf
-from apprentice_tf.quantize import quantize_model
+from apprentice_tf.quantize import calibrate, quantize_model
 
 __all__ = ["Distiller"]
 
@@ -792,6 +792,8 @@ class Distiller(keras.Model):
         activation_bits: int | None = 8,
         keep_first_last: bool = True,
         skip: tuple[str, ...] = (),
+        calibration_data: Any = None,
+        calibration_steps: int = 20,
         **distiller_kwargs: Any,
     ) -> Distiller:
         """Scheme C: lower a trained float student's precision and distil into it.
@@ -807,6 +809,11 @@ class Distiller(keras.Model):
           float_student: the trained full-precision student (Sequential or functional).
           teacher: the trained teacher; it is frozen (``trainable = False``).
           weight_bits, activation_bits, keep_first_last, skip: passed to `quantize_model`.
+          calibration_data: training batches (``x`` or ``(x, y)``); when given, the first
+            `calibration_steps` of them re-estimate the new student's BatchNorm statistics and
+            activation ranges before distillation starts (`apprentice_tf.quantize.calibrate`:
+            no trained weight changes; without it the ranges start at tfmot's [−6, 6]).
+          calibration_steps: batches of `calibration_data` to use.
           **distiller_kwargs: alpha, beta, gamma, temperature, name (``train_teacher`` must
             stay False).
 
@@ -834,5 +841,7 @@ class Distiller(keras.Model):
             keep_first_last=keep_first_last,
             skip=skip,
         )
+        if calibration_data is not None:
+            calibrate(student, calibration_data, steps=calibration_steps)
         teacher.trainable = False
         return cls(student=student, teacher=teacher, train_teacher=False, **distiller_kwargs)

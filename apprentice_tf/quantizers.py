@@ -19,10 +19,15 @@ maximum (tfmot's moving-average range tracking).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import tensorflow_model_optimization as tfmot
+
+# tfmot's moving-average range op, which tfmot's MovingAverageQuantizer calls with a fixed decay
+# of 0.999; called here with that default or the decay `range_decay` sets (calibration).
+from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
 
 from apprentice_tf import _checks
 from apprentice_tf.compat import keras, tf
@@ -39,6 +44,26 @@ __all__ = [
 
 THRESHOLD_RULES = ("mean", "max")
 _EPSILON = 1e-12
+
+#: tfmot's decay of the moving-average activation ranges.
+RANGE_EMA_DECAY = 0.999
+_range_decay_override: list[float] = []
+
+
+@contextlib.contextmanager
+def range_decay(decay: float) -> Iterator[None]:
+    """Within the block, every `ActivationQuantizer` called eagerly in training mode moves its
+    range with this decay d instead of 0.999: m ← d·m + (1 − d)·(batch maximum).
+
+    d = (k − 1)/k at the k-th batch makes m the mean of the first k batch maxima
+    (`apprentice_tf.quantize.calibrate`). A graph traced inside the block keeps d as a constant.
+    """
+    _checks.real("range_decay", "decay", decay, 0.0, 1.0)
+    _range_decay_override.append(float(decay))
+    try:
+        yield
+    finally:
+        _range_decay_override.pop()
 
 
 def channel_reduce_axes(rank: int, per_channel: bool) -> list[int]:
@@ -359,7 +384,19 @@ class ActivationQuantizer(_SettingsQuantizer):
         return self._tracker.build(tensor_shape, name, layer)
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict, **kwargs) -> tf.Tensor:
-        return self._tracker(inputs, training, weights, **kwargs)
+        # tfmot's MovingAverageQuantizer.__call__, with the decay `range_decay` may set.
+        decay = _range_decay_override[-1] if _range_decay_override else RANGE_EMA_DECAY
+        return quant_ops.MovingAvgQuantize(
+            inputs,
+            weights["min_var"],
+            weights["max_var"],
+            ema_decay=decay,
+            is_training=training,
+            num_bits=self.num_bits,
+            per_channel=False,
+            symmetric=False,
+            narrow_range=False,
+        )
 
     def export_form(self, int4_weights: bool = False) -> ActivationQuantizer:
         """The quantizer a TFLite file stores: k < 8 bits become 8 over the same range.

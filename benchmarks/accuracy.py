@@ -91,6 +91,7 @@ def _budget() -> dict[str, Any]:
         "student": f.student,
         "batch_size": 128,
         "schedule": "SGD Nesterov 0.9, 1 warm-up epoch, cosine to 0, weight decay 5e-4",
+        "scheme_c_calibration_steps": apprentice.ApprenticeConfig.calibration_steps,
     }
 
 

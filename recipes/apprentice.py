@@ -14,17 +14,20 @@ full-precision teacher with the Apprentice loss
   reused every epoch (the cached data is reshuffled each epoch after caching).
 - **C** (fine-tune a float student): teacher as in B; the student is first trained in full
   precision (stage ``student_float``, ``--student_pretrain_epochs``), its precision is lowered
-  (`Distiller.from_pretrained_student` copies the float weights into the quantized model) and it
-  is fine-tuned with distillation for ``--finetune_epochs`` at
+  (`Distiller.from_pretrained_student` copies the float weights into the quantized model), its
+  BatchNorm statistics and activation ranges are re-estimated on ``--calibration_steps``
+  un-augmented training batches (`apprentice_tf.calibrate`), and it is fine-tuned with
+  distillation for ``--finetune_epochs`` at
   ``--learning_rate * --finetune_lr_factor``. ``--epochs`` is not used by scheme C.
 
 Every scheme also trains the same low-precision student **without distillation** (stage
 ``baseline``, scheme "alone" in the table): plain ``model.fit`` with sparse cross-entropy from
 logits, the same seed, initial weights, data pipeline, optimizer and number of epochs as the
 distilled student. In A and B that is ``--epochs`` from scratch; in C it is the *same quantized
-copy of the pre-trained float student*, fine-tuned for ``--finetune_epochs`` at the fine-tuning
-learning rate, so the difference between the two rows is exactly what distillation adds. The
-results record ``distillation_gain`` = distilled top-1 − baseline top-1 (TFLite and Keras).
+and calibrated copy of the pre-trained float student*, fine-tuned for ``--finetune_epochs`` at
+the fine-tuning learning rate, so the difference between the two rows is exactly what
+distillation adds. The results record ``distillation_gain`` = distilled top-1 − baseline top-1
+(TFLite and Keras).
 
 Optimisation (all stages): SGD with Nesterov momentum 0.9, a linear learning-rate warm-up over
 ``--warmup_epochs`` followed by a cosine decay to 0 over the rest of the stage's steps, and
@@ -74,7 +77,7 @@ from apprentice_tf.caching import cache_teacher_logits
 from apprentice_tf.compat import keras, tf
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import cifar_resnet
-from apprentice_tf.quantize import quantize_model
+from apprentice_tf.quantize import calibrate, quantize_model
 
 from . import _common
 from ._common import (
@@ -127,6 +130,7 @@ class ApprenticeConfig:
     batch_size: int = 128
     learning_rate: float = 0.1
     finetune_lr_factor: float = 0.1
+    calibration_steps: int = 20
     warmup_epochs: float = 1.0
     weight_decay: float = 5e-4
     augment: bool = True
@@ -178,6 +182,11 @@ _HELP: dict[str, str] = {
         "stage's length)."
     ),
     "weight_decay": "Decoupled weight decay λ of every stage.",
+    "calibration_steps": (
+        "Scheme C: training batches (un-augmented) that re-estimate the lowered student's "
+        "BatchNorm statistics and activation ranges before fine-tuning (apprentice_tf.calibrate);"
+        " 0: none."
+    ),
     "augment": "Pad-crop-flip training augmentation.",
     "seed": "Seed set at the start of every stage.",
     "teacher_checkpoint": (
@@ -264,6 +273,7 @@ def _check_flags(config: ApprenticeConfig) -> None:
         check_int(flag, getattr(config, flag), 1)
     check_int("seed", config.seed, 0)
     check_int("threads", config.threads, 0)
+    check_int("calibration_steps", config.calibration_steps, 0)
     check_choice("verbose", config.verbose, (0, 1, 2))
     for flag in ("alpha", "beta", "gamma", "warmup_epochs", "weight_decay"):
         _check_weight(flag, getattr(config, flag))
@@ -377,6 +387,13 @@ def _train_data(config: ApprenticeConfig) -> tf.data.Dataset:
         augment=config.augment,
         seed=config.seed,
     )
+
+
+def _calibration_data(config: ApprenticeConfig) -> tf.data.Dataset | None:
+    """Scheme C: the un-augmented training batches `calibrate` reads (None: no calibration)."""
+    if not config.calibration_steps:
+        return None
+    return data.load(config.dataset, config.train_split, config.batch_size, seed=config.seed)
 
 
 def _test_data(config: ApprenticeConfig) -> tf.data.Dataset:
@@ -566,6 +583,8 @@ def _baseline(
         epochs, learning_rate, label = config.epochs, config.learning_rate, "baseline (alone)"
     else:
         baseline = _quantize(float_student, setup)  # the float weights, copied
+        if config.calibration_steps:
+            calibrate(baseline, _calibration_data(config), steps=config.calibration_steps)
         epochs = config.finetune_epochs
         learning_rate = config.learning_rate * config.finetune_lr_factor
         label = "baseline (alone, fine-tuned)"
@@ -624,6 +643,8 @@ def _train(
         teacher,
         weight_bits=setup.weight_bits,
         activation_bits=setup.activation_bits,
+        calibration_data=_calibration_data(config),
+        calibration_steps=config.calibration_steps or 1,
         **_distiller_kwargs(config),
     )
     finetune_lr = config.learning_rate * config.finetune_lr_factor

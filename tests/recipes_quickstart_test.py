@@ -40,7 +40,7 @@ def test_table_has_every_network_evaluated_on_the_split(quick):
     rows = quick["results"]["rows"]
     assert [r["network"] for r in rows] == [
         "float cifar10/resnet8 (zoo)",
-        "ternary W2A8, before fine-tuning",
+        "ternary W2A8, calibrated, before fine-tuning",
         "ternary, fine-tuned alone",
         "ternary, fine-tuned with distillation from cifar10/resnet14",
     ]
@@ -77,6 +77,7 @@ def test_rerun_loads_the_finished_fine_tuning(quick, capsys):
     [
         ({"epochs": 0}, "--epochs must be > 0"),
         ({"seeds": (0, 0)}, "--seeds must be distinct"),
+        ({"calibration_steps": -1}, "--calibration_steps must be an integer >= 0"),
         ({"teacher": "cifar10/resnet99"}, "the teacher: .*unknown network 'cifar10/resnet99'"),
     ],
 )
