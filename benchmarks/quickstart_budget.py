@@ -14,7 +14,9 @@ distance of the distilled student from the float one,
     gap = top1(float) − mean over seeds of top1(distilled)      (target: ≤ 2 points),
 
 the distillation gain, mean ± standard deviation over seeds of top1(distilled) − top1(alone),
-and the median fine-tuning wall minutes per student. Writes ``--output`` (JSON) with every row.
+and the median fine-tuning wall minutes per student. ``--calibration_steps=0`` measures the same
+budgets without the quickstart's calibration (use another ``--work_dir`` and ``--output``).
+Writes ``--output`` (JSON) with every row.
 Time on an idle machine: the fine-tuning minutes are wall time.
 """
 
@@ -33,6 +35,11 @@ flags.DEFINE_multi_string(
     "runs",
     ["0.25:0,1,2", "1:0", "2:0"],
     "one budget per flag: <fine-tuning epochs>:<comma-separated seeds>",
+)
+flags.DEFINE_integer(
+    "calibration_steps",
+    quickstart.QuickstartConfig.calibration_steps,
+    "the quickstart's --calibration_steps (0: fine-tune from the uncalibrated network)",
 )
 flags.DEFINE_float("target_points", 2.0, "the largest acceptable gap to the float student")
 flags.DEFINE_integer("threads", 2, "TensorFlow threads")
@@ -96,6 +103,7 @@ def main(argv: list[str]) -> None:
             quickstart.QuickstartConfig(
                 epochs=epochs,
                 seeds=seeds,
+                calibration_steps=f.calibration_steps,
                 output_dir=str(work_dir / f"epochs{epochs:g}"),
                 threads=f.threads,
                 verbose=2,
@@ -106,7 +114,13 @@ def main(argv: list[str]) -> None:
     machine = reporting.machine_info(f.threads)
     reporting.write_json(
         Path(f.output),
-        {"target_points": f.target_points, "machine": machine, "budgets": lines, "runs": runs},
+        {
+            "target_points": f.target_points,
+            "calibration_steps": f.calibration_steps,
+            "machine": machine,
+            "budgets": lines,
+            "runs": runs,
+        },
     )
     for line in lines:
         line["gain"] = (
