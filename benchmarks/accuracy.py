@@ -31,8 +31,9 @@ Each group is one recipe run (`recipes.pretrain.run`, `recipes.apprentice.run`,
 finishes, its rows join the JSON output at once and a rerun skips it, so the study is built over
 several sittings (``--groups`` limits a sitting to some groups). The report then prints the table
 (Keras and TFLite top-1, their agreement over the whole test split, gzip and packed bytes, epochs
-to reach 95% of the row's final validation accuracy, seconds per epoch) and, per scheme, the share
-of the float-to-ternary gap that distillation recovered,
+to reach 95% of the row's final validation accuracy, seconds per epoch, and LiteRT latency at
+batch 1 on 1 thread, every row's file timed side by side in one call at the end of the run)
+and, per scheme, the share of the float-to-ternary gap that distillation recovered,
 
     recovered = (top1(ternary + KD) − top1(ternary alone)) / (top1(float) − top1(ternary alone)),
 
@@ -50,7 +51,7 @@ from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import reporting
+from apprentice_tf import reporting, tflite
 from recipes import apprentice, hakd, pretrain, progressive
 
 flags.DEFINE_integer("epochs", 15, "epochs of every from-scratch row (students and teacher)")
@@ -475,6 +476,18 @@ def main(argv: list[str]) -> None:
 
     rows = [row for group in groups.values() for row in group]
     table["gap_recovered"] = gap_recovered(rows, f.student)
+    timed = [row for row in rows if row.get("tflite") and Path(row["tflite"]).exists()]
+    if timed:
+        print(f"[study] timing {len(timed)} .tflite files side by side (LiteRT, 1 thread)")
+        for row, timing in zip(
+            timed, tflite.latency([r["tflite"] for r in timed], num_threads=1), strict=True
+        ):
+            row["latency_ms"] = timing.median_ms
+        table["latency_note"] = (
+            "LiteRT, batch 1, 1 thread, default XNNPACK delegate: every row's file timed side "
+            f"by side in one call on {reporting.machine_info(f.threads)['date']} (median of 5 "
+            "alternating rounds of 100 invokes)"
+        )
     reporting.write_json(output, table)
     if "machine" in table:
         machine = table["machine"]
@@ -497,6 +510,7 @@ def main(argv: list[str]) -> None:
                 ("packed_bytes", "packed B"),
                 ("epochs_to_95", "epochs to 95%"),
                 ("seconds_per_epoch", "s/epoch"),
+                ("latency_ms", "LiteRT ms"),
             ],
         )
     )
