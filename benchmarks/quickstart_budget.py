@@ -42,11 +42,21 @@ flags.DEFINE_integer(
     "the quickstart's --calibration_steps (0: fine-tune from the uncalibrated network)",
 )
 flags.DEFINE_float("target_points", 2.0, "the largest acceptable gap to the float student")
-flags.DEFINE_integer("threads", 2, "TensorFlow threads")
+# Names other benchmarks and recipes also define (--threads, --work_dir, --output): overridable,
+# so that tests can import several of them into one process.
+flags.DEFINE_integer("threads", 2, "TensorFlow threads", allow_override=True)
 flags.DEFINE_string(
-    "work_dir", "runs/quickstart_budget", "where each budget's run keeps its stages"
+    "work_dir",
+    "runs/quickstart_budget",
+    "where each budget's run keeps its stages",
+    allow_override=True,
 )
-flags.DEFINE_string("output", "benchmarks/results/quickstart_budget.json", "JSON output path")
+flags.DEFINE_string(
+    "output",
+    "benchmarks/results/quickstart_budget.json",
+    "JSON output path",
+    allow_override=True,
+)
 
 
 def parse_run(text: str) -> tuple[float, tuple[int, ...]]:
