@@ -22,6 +22,8 @@ Time on an idle machine: the fine-tuning minutes are wall time.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,23 @@ def parse_run(text: str) -> tuple[float, tuple[int, ...]]:
     return parsed
 
 
+def finished_run(config: quickstart.QuickstartConfig) -> dict[str, Any] | None:
+    """The results.json a quickstart run with the same settings left in its output directory
+    (None if there is none or its settings differ: the run is then made again)."""
+    path = Path(config.output_dir) / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    ignore = {"threads", "verbose"}
+    wanted = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in dataclasses.asdict(config).items()
+        if key not in ignore
+    }
+    stored = {key: value for key, value in results.get("config", {}).items() if key not in ignore}
+    return results if stored == wanted else None
+
+
 def summarise(results: dict[str, Any], target_points: float) -> dict[str, Any]:
     """One budget's line: mean top-1 per network kind over the seeds, the gap, the gain."""
     rows = results["rows"]
@@ -109,16 +128,19 @@ def main(argv: list[str]) -> None:
     lines, runs = [], []
     for index, (epochs, seeds) in enumerate(budgets, start=1):
         print(f"[budget] {index}/{len(budgets)}: --epochs={epochs:g} --seeds={seeds}", flush=True)
-        results = quickstart.run(
-            quickstart.QuickstartConfig(
-                epochs=epochs,
-                seeds=seeds,
-                calibration_steps=f.calibration_steps,
-                output_dir=str(work_dir / f"epochs{epochs:g}"),
-                threads=f.threads,
-                verbose=2,
-            )
+        config = quickstart.QuickstartConfig(
+            epochs=epochs,
+            seeds=seeds,
+            calibration_steps=f.calibration_steps,
+            output_dir=str(work_dir / f"epochs{epochs:g}"),
+            threads=f.threads,
+            verbose=2,
         )
+        results = finished_run(config)
+        if results is None:
+            results = quickstart.run(config)
+        else:
+            print(f"[budget] finished earlier: {config.output_dir}/results.json", flush=True)
         lines.append(summarise(results, f.target_points))
         runs.append(results)
     machine = reporting.machine_info(f.threads)
@@ -138,6 +160,10 @@ def main(argv: list[str]) -> None:
             if line["gain_std_points"] is None
             else f"{line['gain_points']:+.2f} ± {line['gain_std_points']:.2f}"
         )
+        line["epochs"] = f"{line['epochs']:g}"
+        line["gap"] = f"{line['gap_points']:.2f}"
+        minutes = line["minutes_per_student"]
+        line["minutes"] = "—" if minutes is None else f"{minutes:.1f}"
     print(f"\nMachine: {machine['cpu']}, {machine['cores']} cores, {machine['date']}")
     print(
         reporting.markdown_table(
@@ -149,10 +175,10 @@ def main(argv: list[str]) -> None:
                 ("before_top1", "ternary before"),
                 ("alone_top1", "alone"),
                 ("distilled_top1", "distilled"),
-                ("gap_points", "float − distilled (points)"),
+                ("gap", "float − distilled (points)"),
                 ("within_target", f"≤ {f.target_points:g} points"),
                 ("gain", "gain (points)"),
-                ("minutes_per_student", "min per student"),
+                ("minutes", "min per student"),
             ],
         )
     )

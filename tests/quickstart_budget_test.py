@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
-from benchmarks.quickstart_budget import parse_run, summarise
+from benchmarks.quickstart_budget import finished_run, parse_run, summarise
+from recipes import quickstart
 
 
 def test_parse_run():
@@ -46,3 +50,13 @@ def test_summary_averages_the_seeds_and_measures_the_gap_to_float():
     assert line["gain_points"] == pytest.approx(0.5) and line["gain_std_points"] == 2.12
     assert line["minutes_per_student"] == pytest.approx(1.5)  # median of 1, 1, 2, 2 minutes
     assert summarise(results, target_points=1.9)["within_target"] is False
+
+
+def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
+    config = quickstart.QuickstartConfig(epochs=1.0, seeds=(0, 1), output_dir=str(tmp_path))
+    assert finished_run(config) is None
+    stored = {**dataclasses.asdict(config), "seeds": [0, 1], "threads": 1, "verbose": 0}
+    (tmp_path / "results.json").write_text(json.dumps({"config": stored, "rows": []}))
+    assert finished_run(config) == {"config": stored, "rows": []}  # threads/verbose differ: same
+    assert finished_run(dataclasses.replace(config, seeds=(0, 1, 2))) is None
+    assert finished_run(dataclasses.replace(config, calibration_steps=0)) is None
