@@ -21,7 +21,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 )
 
 from apprentice_tf import _checks, _graph
-from apprentice_tf.compat import keras, tf
+from apprentice_tf.compat import keras
 from apprentice_tf.quantize_configs import (
     ActivationQuantizeConfig,
     NBitQuantizeConfig,
@@ -627,10 +627,7 @@ def calibrate(model: keras.Model, dataset: Iterable[Any], steps: int = 20) -> in
             for layer in batch_norms:
                 layer.momentum = average
             with range_decay(average):
-                model(
-                    tf.convert_to_tensor(inputs) if not isinstance(inputs, dict) else inputs,
-                    training=True,
-                )
+                model(inputs, training=True)
     finally:
         for layer, momentum in zip(batch_norms, momenta, strict=True):
             layer.momentum = momentum

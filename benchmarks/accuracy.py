@@ -111,10 +111,15 @@ def _pretrain(model: str, work: Path, **overrides: Any) -> dict[str, Any]:
     return pretrain.run(pretrain.PretrainConfig(**settings))
 
 
+def _float_weights(work_dir: Path, group: str) -> str:
+    """The weights file `recipes.pretrain` wrote for a float group (float, teacher, ...)."""
+    return str(work_dir / group / "float.weights.h5")
+
+
 def _teacher_weights(work_dir: Path) -> str:
     """The teacher every distilled row uses: the warm restart's when there is one."""
-    stage = "teacher_restart" if flags.FLAGS.teacher_restart_epochs > 0 else "teacher"
-    return str(work_dir / stage / "float.weights.h5")
+    group = "teacher_restart" if flags.FLAGS.teacher_restart_epochs > 0 else "teacher"
+    return _float_weights(work_dir, group)
 
 
 def _apprentice(scheme: str, bits: str, work: Path, **overrides: Any) -> dict[str, Any]:
@@ -241,7 +246,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
             work,
             epochs=f.teacher_restart_epochs,
             learning_rate=f.teacher_restart_lr,
-            initial_weights=str(work_dir / "teacher" / "float.weights.h5"),
+            initial_weights=_float_weights(work_dir, "teacher"),
         )
         name = f"teacher {f.teacher} (float, {f.epochs} + {f.teacher_restart_epochs} epochs)"
         return [_row(results["rows"][0], name, results["val_accuracy"], work, "float")]
@@ -252,7 +257,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
             "C",
             "ternary",
             work,
-            student_checkpoint=str(work_dir / "float" / "float.weights.h5"),
+            student_checkpoint=_float_weights(work_dir, "float"),
         )
         rows, curves = _by_scheme(results), results["curves"]
         return [

@@ -644,7 +644,7 @@ def _train(
         weight_bits=setup.weight_bits,
         activation_bits=setup.activation_bits,
         calibration_data=_calibration_data(config),
-        calibration_steps=config.calibration_steps or 1,
+        calibration_steps=config.calibration_steps,
         **_distiller_kwargs(config),
     )
     finetune_lr = config.learning_rate * config.finetune_lr_factor
