@@ -29,11 +29,19 @@ HAKD              the float CIFAR ResNet student HAKD selects under ``--hakd_bud
 Each group is one recipe run (`recipes.pretrain.run`, `recipes.apprentice.run`,
 `recipes.progressive.run`) in ``<work_dir>/<group>``, resumable epoch by epoch; when a group
 finishes, its rows join the JSON output at once and a rerun skips it, so the study is built over
-several sittings (``--groups`` limits a sitting to some groups). The report then prints the table
-(Keras and TFLite top-1, their agreement over the whole test split, gzip and packed bytes, epochs
-to reach 95% of the row's final validation accuracy, seconds per epoch, and LiteRT latency at
-batch 1 on 1 thread, every row's file timed side by side in one call at the end of the run)
-and, per scheme, the share of the float-to-ternary gap that distillation recovered,
+several sittings (``--groups`` limits a sitting to some groups). The work directory is scratch: a
+finished group's files that the study needs later are kept beside the JSON, in ``--artifacts_dir``
+(default: the output path without its suffix, ``benchmarks/results/accuracy/``), meant to be
+committed with it: every row's .tflite file (so that the latency of every row can be timed side by
+side in any later sitting, and its low-bit levels checked) and each float group's weights, training
+log and results.json (the teacher every distilled row uses, the float student scheme C starts from).
+A sitting on a new machine then resumes with nothing but the repository.
+
+The report prints the table (Keras and TFLite top-1, their agreement over the whole test split,
+gzip and packed bytes, epochs to reach 95% of the row's final validation accuracy, seconds per
+epoch, and LiteRT latency at batch 1 on 1 thread, every row's file timed side by side in one call
+at the end of the run) and, per scheme, the share of the float-to-ternary gap that distillation
+recovered,
 
     recovered = (top1(ternary + KD) − top1(ternary alone)) / (top1(float) − top1(ternary alone)),
 
@@ -44,6 +52,9 @@ benchmarks/results/accuracy.json.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -54,9 +65,14 @@ from absl import app, flags
 from apprentice_tf import reporting, tflite
 from recipes import apprentice, hakd, pretrain, progressive
 
-flags.DEFINE_integer("epochs", 15, "epochs of every from-scratch row (students and teacher)")
+# Flags other benchmarks also define may be overridden, so benchmarks can be imported together.
+flags.DEFINE_integer(
+    "epochs", 15, "epochs of every from-scratch row (students and teacher)", allow_override=True
+)
 flags.DEFINE_integer("finetune_epochs", 3, "scheme C: fine-tuning epochs of both C rows")
-flags.DEFINE_string("teacher", "resnet56", "teacher network (float CIFAR ResNet)")
+flags.DEFINE_string(
+    "teacher", "resnet56", "teacher network (float CIFAR ResNet)", allow_override=True
+)
 flags.DEFINE_integer(
     "teacher_restart_epochs",
     20,
@@ -64,19 +80,40 @@ flags.DEFINE_integer(
     "the --epochs run)",
 )
 flags.DEFINE_float("teacher_restart_lr", 0.05, "peak learning rate of the teacher's warm restart")
-flags.DEFINE_string("student", "resnet20", "student network (CIFAR ResNet)")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of the ternary alone / scheme B comparison")
+flags.DEFINE_string("student", "resnet20", "student network (CIFAR ResNet)", allow_override=True)
+flags.DEFINE_list(
+    "seeds",
+    ["0", "1", "2"],
+    "seeds of the ternary alone / scheme B comparison",
+    allow_override=True,
+)
 flags.DEFINE_list("groups", [], "run only these groups (default: every group, in order)")
 flags.DEFINE_float(
     "hakd_budget_ms", 1.0, "HAKD: LiteRT latency budget of the student (batch 1, 1 thread)"
 )
-flags.DEFINE_string("train_split", "train", "CIFAR-10 training split of every row")
-flags.DEFINE_string("test_split", "test", "CIFAR-10 test split of every row")
-flags.DEFINE_integer("threads", 2, "TensorFlow threads")
-flags.DEFINE_string("work_dir", "runs/accuracy", "where the recipe runs keep their stages")
-flags.DEFINE_string("output", "benchmarks/results/accuracy.json", "JSON output path")
+flags.DEFINE_string(
+    "train_split", "train", "CIFAR-10 training split of every row", allow_override=True
+)
+flags.DEFINE_string("test_split", "test", "CIFAR-10 test split of every row", allow_override=True)
+flags.DEFINE_integer("threads", 2, "TensorFlow threads", allow_override=True)
+flags.DEFINE_string(
+    "work_dir", "runs/accuracy", "where the recipe runs keep their stages", allow_override=True
+)
+flags.DEFINE_string(
+    "output", "benchmarks/results/accuracy.json", "JSON output path", allow_override=True
+)
+flags.DEFINE_string(
+    "artifacts_dir",
+    "",
+    "where finished groups' .tflite files and float weights are kept, to commit with the JSON "
+    "(default: --output without its suffix, e.g. benchmarks/results/accuracy/)",
+)
 
 STUDENT_BITS = {"ternary": "ternary W2A8", "4": "W4A8"}
+#: Groups trained by `recipes.pretrain`, whose weights later groups start from.
+FLOAT_GROUPS = ("float", "teacher", "teacher_restart")
+#: The files of a float group kept among the artifacts (as `recipes.pretrain` names them).
+FLOAT_GROUP_FILES = ("float.weights.h5", "float.csv", "results.json")
 
 
 def _budget() -> dict[str, Any]:
@@ -111,15 +148,62 @@ def _pretrain(model: str, work: Path, **overrides: Any) -> dict[str, Any]:
     return pretrain.run(pretrain.PretrainConfig(**settings))
 
 
-def _float_weights(work_dir: Path, group: str) -> str:
-    """The weights file `recipes.pretrain` wrote for a float group (float, teacher, ...)."""
-    return str(work_dir / group / "float.weights.h5")
+def artifacts_dir() -> Path:
+    """Where finished groups' files are kept: ``--artifacts_dir``, else ``--output`` sans suffix."""
+    f = flags.FLAGS
+    return Path(f.artifacts_dir) if f.artifacts_dir else Path(f.output).with_suffix("")
 
 
-def _teacher_weights(work_dir: Path) -> str:
+def _float_weights(group: str) -> str:
+    """The kept weights file of a finished float group (float, teacher, teacher_restart)."""
+    return str(artifacts_dir() / group / FLOAT_GROUP_FILES[0])
+
+
+def _teacher_weights() -> str:
     """The teacher every distilled row uses: the warm restart's when there is one."""
     group = "teacher_restart" if flags.FLAGS.teacher_restart_epochs > 0 else "teacher"
-    return _float_weights(work_dir, group)
+    return _float_weights(group)
+
+
+def row_file_name(row_name: str) -> str:
+    """The .tflite file name a row is kept under: its name in lower case, each run of other
+    characters one underscore ("ternary W2A8 + KD scheme B" -> ternary_w2a8_kd_scheme_b.tflite)."""
+    return re.sub(r"[^a-z0-9]+", "_", row_name.lower()).strip("_") + ".tflite"
+
+
+def keep_artifacts(
+    group: str, rows: list[dict[str, Any]], work_dir: Path, artifacts: Path, json_dir: Path
+) -> None:
+    """Copy a finished group's files from the scratch work directory into ``artifacts/<group>``.
+
+    Every row's .tflite file (``row["tflite"]``, as the recipe wrote it) is kept as
+    `row_file_name`, and ``row["tflite"]`` becomes its path relative to ``json_dir`` (the JSON's
+    directory), so the JSON names files that are committed with it; a float group's
+    `FLOAT_GROUP_FILES` are kept as they are. Files already kept are not copied again, so this may
+    run on every sitting for every finished group.
+
+    Raises:
+      FileNotFoundError: a row's .tflite file is neither kept nor in the work directory.
+    """
+    kept_dir = artifacts / group
+    kept_dir.mkdir(parents=True, exist_ok=True)
+    if group in FLOAT_GROUPS:
+        for name in FLOAT_GROUP_FILES:
+            source, kept = work_dir / group / name, kept_dir / name
+            if not kept.exists() and source.exists():
+                shutil.copy2(source, kept)
+    for row in rows:
+        kept = kept_dir / row_file_name(row["row"])
+        if not kept.exists():
+            source = Path(row["tflite"]) if row.get("tflite") else None
+            if source is None or not source.exists():
+                raise FileNotFoundError(
+                    f"row {row['row']!r} of group {group!r}: its .tflite file {source} is gone "
+                    f"and none is kept as {kept}; rerun the group (remove it from the JSON) or "
+                    "put the file there."
+                )
+            shutil.copy2(source, kept)
+        row["tflite"] = os.path.relpath(kept, json_dir)
 
 
 def _apprentice(scheme: str, bits: str, work: Path, **overrides: Any) -> dict[str, Any]:
@@ -136,7 +220,7 @@ def _apprentice(scheme: str, bits: str, work: Path, **overrides: Any) -> dict[st
         "teacher_epochs": f.epochs,
         "student_pretrain_epochs": f.epochs,
         "finetune_epochs": f.finetune_epochs,
-        "teacher_checkpoint": "" if scheme == "A" else _teacher_weights(Path(f.work_dir)),
+        "teacher_checkpoint": "" if scheme == "A" else _teacher_weights(),
         "output_dir": str(work),
         "threads": f.threads,
         "verbose": 2,
@@ -149,7 +233,7 @@ def _progressive(work: Path, with_teacher: bool) -> dict[str, Any]:
     f = flags.FLAGS
     teacher = {}
     if with_teacher:
-        teacher = {"teacher": f.teacher, "teacher_checkpoint": _teacher_weights(Path(f.work_dir))}
+        teacher = {"teacher": f.teacher, "teacher_checkpoint": _teacher_weights()}
     return progressive.run(
         progressive.ProgressiveConfig(
             train_split=f.train_split,
@@ -246,7 +330,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
             work,
             epochs=f.teacher_restart_epochs,
             learning_rate=f.teacher_restart_lr,
-            initial_weights=_float_weights(work_dir, "teacher"),
+            initial_weights=_float_weights("teacher"),
         )
         name = f"teacher {f.teacher} (float, {f.epochs} + {f.teacher_restart_epochs} epochs)"
         return [_row(results["rows"][0], name, results["val_accuracy"], work, "float")]
@@ -257,7 +341,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
             "C",
             "ternary",
             work,
-            student_checkpoint=_float_weights(work_dir, "float"),
+            student_checkpoint=_float_weights("float"),
         )
         rows, curves = _by_scheme(results), results["curves"]
         return [
@@ -317,7 +401,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
                 train_split=f.train_split,
                 test_split=f.test_split,
                 teacher=f.teacher,
-                teacher_checkpoint=_teacher_weights(work_dir),
+                teacher_checkpoint=_teacher_weights(),
                 family="resnet",
                 latency_budget_ms=f.hakd_budget_ms,
                 num_threads=1,
@@ -470,10 +554,14 @@ def main(argv: list[str]) -> None:
     unknown = sorted(set(f.groups) - {name for name, _ in plan})
     if unknown:
         raise SystemExit(f"error: --groups {unknown} unknown; known: {[n for n, _ in plan]}")
+    artifacts, json_dir = artifacts_dir(), output.resolve().parent
+    for name, rows in groups.items():  # groups of earlier sittings (idempotent)
+        keep_artifacts(name, rows, work_dir, artifacts, json_dir)
     todo = [(n, build) for n, build in plan if n not in groups and (not f.groups or n in f.groups)]
     for index, (name, build) in enumerate(todo, start=1):
         print(f"[study] group {index}/{len(todo)}: {name}", flush=True)
         groups[name] = build()
+        keep_artifacts(name, groups[name], work_dir, artifacts, json_dir)
         table["machine"] = reporting.machine_info(f.threads)
         table["gap_recovered"] = gap_recovered([r for g in groups.values() for r in g], f.student)
         reporting.write_json(output, table)
@@ -481,12 +569,11 @@ def main(argv: list[str]) -> None:
 
     rows = [row for group in groups.values() for row in group]
     table["gap_recovered"] = gap_recovered(rows, f.student)
-    timed = [row for row in rows if row.get("tflite") and Path(row["tflite"]).exists()]
+    timed = [row for row in rows if row.get("tflite")]
     if timed:
         print(f"[study] timing {len(timed)} .tflite files side by side (LiteRT, 1 thread)")
-        for row, timing in zip(
-            timed, tflite.latency([r["tflite"] for r in timed], num_threads=1), strict=True
-        ):
+        files = [json_dir / row["tflite"] for row in timed]
+        for row, timing in zip(timed, tflite.latency(files, num_threads=1), strict=True):
             row["latency_ms"] = timing.median_ms
         table["latency_note"] = (
             "LiteRT, batch 1, 1 thread, default XNNPACK delegate: every row's file timed side "

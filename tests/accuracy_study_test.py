@@ -1,0 +1,75 @@
+"""The CIFAR-10 study's bookkeeping (benchmarks/accuracy.py): kept files, gap recovered, epochs."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.accuracy import (
+    FLOAT_GROUP_FILES,
+    epochs_to_95,
+    gap_recovered,
+    keep_artifacts,
+    row_file_name,
+)
+
+
+def test_row_file_name_is_the_row_in_lower_case_with_underscores():
+    assert row_file_name("ternary W2A8 + KD scheme B") == "ternary_w2a8_kd_scheme_b.tflite"
+    assert row_file_name("teacher resnet56 (float)") == "teacher_resnet56_float.tflite"
+
+
+def test_keep_artifacts_copies_files_and_makes_paths_relative(tmp_path):
+    work, artifacts, json_dir = (
+        tmp_path / "work",
+        tmp_path / "results" / "study",
+        tmp_path / "results",
+    )
+    (work / "float").mkdir(parents=True)
+    for name in FLOAT_GROUP_FILES:
+        (work / "float" / name).write_text(name)
+    (work / "float" / "float.tflite").write_bytes(b"tflite")
+    rows = [{"row": "float resnet20", "tflite": str(work / "float" / "float.tflite")}]
+
+    keep_artifacts("float", rows, work, artifacts, json_dir)
+
+    assert rows[0]["tflite"] == "study/float/float_resnet20.tflite"
+    assert (json_dir / rows[0]["tflite"]).read_bytes() == b"tflite"
+    for name in FLOAT_GROUP_FILES:
+        assert (artifacts / "float" / name).read_text() == name
+
+    # A later sitting on a machine without the work directory: the kept files stand.
+    for path in (work / "float").iterdir():
+        path.unlink()
+    keep_artifacts("float", rows, work, artifacts, json_dir)
+    assert rows[0]["tflite"] == "study/float/float_resnet20.tflite"
+
+
+def test_keep_artifacts_names_the_row_whose_file_is_gone(tmp_path):
+    rows = [{"row": "ternary W2A8 alone", "tflite": str(tmp_path / "gone.tflite")}]
+    with pytest.raises(FileNotFoundError, match="ternary W2A8 alone.*B_seed0"):
+        keep_artifacts("B_seed0", rows, tmp_path / "work", tmp_path / "kept", tmp_path)
+
+
+def test_epochs_to_95_is_the_first_epoch_within_95_percent_of_the_last():
+    assert epochs_to_95([0.5, 0.8, 0.86, 0.9]) == 3  # 0.95 * 0.9 = 0.855
+    assert epochs_to_95([]) is None
+
+
+def test_gap_recovered_pairs_scheme_b_seeds_and_scheme_c_with_its_baseline():
+    rows = [
+        {"row": "float resnet20", "seed": 0, "tflite_top1": 0.90},
+        {"row": "ternary W2A8 alone", "seed": 0, "tflite_top1": 0.80},
+        {"row": "ternary W2A8 + KD scheme B", "seed": 0, "tflite_top1": 0.85},
+        {"row": "ternary W2A8 alone", "seed": 1, "tflite_top1": 0.82},
+        {"row": "ternary W2A8 + KD scheme B", "seed": 1, "tflite_top1": 0.86},
+        {"row": "ternary W2A8 fine-tuned alone (C baseline)", "seed": 0, "tflite_top1": 0.86},
+        {"row": "ternary W2A8 + KD scheme C", "seed": 0, "tflite_top1": 0.85},
+    ]
+    by_scheme = {gain["scheme"]: gain for gain in gap_recovered(rows, "resnet20")}
+
+    assert by_scheme["B"]["per_seed"] == pytest.approx([0.5, 0.5])
+    assert by_scheme["B"]["recovered"]["mean"] == pytest.approx(0.5)
+    assert by_scheme["B"]["gain_points"]["mean"] == pytest.approx(4.5)
+    assert by_scheme["B"]["gain_points"]["n"] == 2
+    assert by_scheme["C"]["recovered"]["mean"] == pytest.approx(-0.25)
+    assert gap_recovered(rows[1:], "resnet20") == []  # no float row: nothing to measure against
