@@ -10,15 +10,23 @@ without AVX-512: a float ResNet-20 training step at batch 128 took 6.4x the floa
 `training_policy("auto")` therefore picks ``mixed_bfloat16`` only when `native_bfloat16()` finds the
 instructions in the CPU's flags, and ``float32`` otherwise. It is for float networks (teachers,
 float students): the weights a mixed-precision network trains are float32 variables, so they load
-into the same architecture built under float32 for evaluation and TFLite export.
+into the same architecture built under float32 for evaluation and TFLite export (`policy_twin`).
+Quantization-aware students stay float32: tfmot's FakeQuant ops take float32 tensors only.
+
+    policy = atf.precision.training_policy("auto")
+    teacher = atf.precision.build_under(policy, lambda: cifar_resnet(56))   # train it
+    exported = atf.precision.policy_twin(teacher, "float32", lambda: cifar_resnet(56))
 """
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["POLICIES", "native_bfloat16", "training_policy"]
+from apprentice_tf.compat import keras
+
+__all__ = ["POLICIES", "native_bfloat16", "training_policy", "build_under", "policy_twin"]
 
 #: The policies `training_policy` accepts ("auto" picks one of the other two).
 POLICIES = ("auto", "float32", "mixed_bfloat16")
@@ -61,3 +69,32 @@ def training_policy(requested: str = "auto", cpuinfo: str | None = None) -> str:
     if requested != "auto":
         return requested
     return "mixed_bfloat16" if native_bfloat16(cpuinfo) else "float32"
+
+
+def build_under(policy: str, build: Callable[[], keras.Model]) -> keras.Model:
+    """``build()`` with Keras's global dtype policy set to `policy`, the previous one restored."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return build()
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def policy_twin(model: keras.Model, policy: str, build: Callable[[], keras.Model]) -> keras.Model:
+    """A copy of the float network `model`, built by `build` under `policy`, with its weights.
+
+    Under ``mixed_bfloat16`` the variables stay float32 (only the layers' arithmetic is
+    bfloat16), so the weights move exactly either way: a frozen teacher's twin under
+    ``mixed_bfloat16`` computes its logits in bfloat16 (faster where the CPU has bfloat16
+    instructions; benchmarks/step_cost.py times both), and a network trained under
+    ``mixed_bfloat16`` comes back as a float32 twin for evaluation, quantization and export.
+    The copy has `model`'s ``trainable`` flag; `model` itself is returned when `policy` is the one
+    it was built under.
+    """
+    if model.dtype_policy.name == policy:
+        return model
+    twin = build_under(policy, build)
+    twin.set_weights(model.get_weights())
+    twin.trainable = model.trainable
+    return twin

@@ -62,7 +62,7 @@ from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import reporting, tflite
+from apprentice_tf import precision, reporting, tflite
 from recipes import apprentice, hakd, pretrain, progressive
 
 # Flags other benchmarks also define may be overridden, so benchmarks can be imported together.
@@ -562,6 +562,10 @@ def main(argv: list[str]) -> None:
         print(f"[study] group {index}/{len(todo)}: {name}", flush=True)
         groups[name] = build()
         keep_artifacts(name, groups[name], work_dir, artifacts, json_dir)
+        machine = reporting.machine_info(f.threads)
+        for row in groups[name]:  # a study spans machines: each group says where it ran
+            row["machine"] = {key: machine[key] for key in ("cpu_family_model", "date")}
+            row["float_policy"] = precision.training_policy("auto")
         table["machine"] = reporting.machine_info(f.threads)
         table["gap_recovered"] = gap_recovered([r for g in groups.values() for r in g], f.student)
         reporting.write_json(output, table)

@@ -7,11 +7,13 @@ repeatedly on a cached CIFAR-sized random batch after warm-up; no XLA `jit_compi
 configuration, prints a table and the ratios against the project's goals, and writes
 benchmarks/results/step_cost.json with the machine it ran on.
 
-bfloat16: the float student and the teacher's train step are also built under Keras's
-``mixed_bfloat16`` policy and timed against their float32 twins side by side, alternating blocks of
-``--steps`` steps over ``--rounds`` rounds, so that machine drift reaches both alike; the JSON
-records each round's ratio bf16/float32 and whether the CPU has bfloat16 instructions
-(`apprentice_tf.precision.native_bfloat16`).
+bfloat16: the float student, the teacher's train step, its inference, and schemes B and A with
+their teacher (frozen, or trained jointly) are also built under Keras's ``mixed_bfloat16`` policy
+(`apprentice_tf.precision`; the ternary student stays float32) and timed against their float32
+twins side by side, alternating blocks of ``--steps`` steps over ``--rounds`` rounds, so that
+machine drift reaches both alike; the JSON records each round's ratio bf16/float32 and whether the
+CPU has bfloat16 instructions (`apprentice_tf.precision.native_bfloat16`). The recipes run float
+networks and teachers under ``mixed_bfloat16`` where the CPU has it (``--precision=auto``).
 """
 
 from __future__ import annotations
@@ -85,15 +87,6 @@ def _paired_ms(
     return medians
 
 
-def _build_under(policy: str, build: Callable[[], keras.Model]) -> keras.Model:
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        return build()
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def _sgd() -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(0.01, momentum=0.9)
 
@@ -117,9 +110,15 @@ def main(argv: list[str]) -> None:
         model.compile(_sgd(), ce)
         return _train_step(model, batch)
 
-    def distiller(cached_logits: bool = False, train_teacher: bool = False):
+    def distiller(
+        cached_logits: bool = False, train_teacher: bool = False, policy: str = "float32"
+    ):
+        """A ternary ResNet-20 student's Distiller; its teacher computes under `policy`."""
         student = atf.quantize_model(resnet.resnet20(num_classes=10), "ternary", 8)
-        net = resnet.resnet56(num_classes=10) if train_teacher else teacher
+        if train_teacher:
+            net = precision.build_under(policy, lambda: resnet.resnet56(num_classes=10))
+        else:
+            net = precision.policy_twin(teacher, policy, lambda: resnet.resnet56(num_classes=10))
         d = atf.Distiller(
             student=student, teacher=None if cached_logits else net, train_teacher=train_teacher
         )
@@ -146,16 +145,29 @@ def main(argv: list[str]) -> None:
         median, p90 = _median_ms(build(), f.steps, f.warmup)
         rows.append({"configuration": name, "median_ms": median, "p90_ms": p90})
         print(f"{name:28s} median {median:8.1f} ms   p90 {p90:8.1f} ms", flush=True)
+
+    def inference(policy: str) -> Callable[[], object]:
+        net = precision.policy_twin(teacher, policy, lambda: resnet.resnet56(num_classes=10))
+        function = tf.function(lambda images: net(images, training=False))
+        return lambda: function(x).numpy()
+
+    # Each pair: the configuration with its float network (the teacher in B and A) built under
+    # float32 and under mixed_bfloat16; the quantized student is float32 in both.
+    paired: dict[str, Callable[[str], Callable[[], object]]] = {
+        "float student": lambda policy: plain(
+            precision.build_under(policy, lambda: resnet.resnet20(num_classes=10))
+        ),
+        "teacher train step": lambda policy: plain(
+            precision.build_under(policy, lambda: resnet.resnet56(num_classes=10))
+        ),
+        "teacher inference": inference,
+        "scheme B": lambda policy: distiller(policy=policy),
+        "scheme A": lambda policy: distiller(train_teacher=True, policy=policy),
+    }
     pairs = []
-    for name, build in (
-        ("float student", lambda: resnet.resnet20(num_classes=10)),
-        ("teacher train step", lambda: resnet.resnet56(num_classes=10)),
-    ):
+    for name, build in paired.items():
         medians = _paired_ms(
-            {
-                policy: plain(_build_under(policy, build))
-                for policy in ("float32", "mixed_bfloat16")
-            },
+            {policy: build(policy) for policy in ("float32", "mixed_bfloat16")},
             f.rounds,
             f.steps,
             f.warmup,

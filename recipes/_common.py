@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from apprentice_tf import data, reporting, tflite
+from apprentice_tf import data, precision, reporting, tflite
 from apprentice_tf.compat import keras, tf
 
 
@@ -131,6 +131,18 @@ def check_dataset(dataset: str, **splits: str) -> int:
         except (ValueError, KeyError, TypeError, AssertionError) as error:
             raise RecipeError(f"--{flag}={split!r} of {dataset}: {one_line(error)}") from None
     return int(info.features["label"].num_classes)
+
+
+def training_policy(flag: str, requested: str) -> str:
+    """`apprentice_tf.precision.training_policy` for ``--flag=requested``.
+
+    Raises:
+      RecipeError: `requested` is not one of `apprentice_tf.precision.POLICIES`.
+    """
+    try:
+        return precision.training_policy(requested)
+    except ValueError as error:
+        raise RecipeError(f"--{flag}: {error}") from None
 
 
 def load_checkpoint(flag: str, path: str, model: keras.Model, describe: str) -> keras.Model:

@@ -50,6 +50,7 @@ from ._common import (
     make_optimizer,
     resnet_depth,
     train_stage,
+    training_policy,
 )
 
 DATASETS = tuple(data.SMALL_IMAGE_STATS)
@@ -164,21 +165,13 @@ def run(config: PretrainConfig) -> dict[str, Any]:
     )
     test = data.load(config.dataset, config.test_split, 256)
 
-    try:
-        policy = precision.training_policy(config.precision)
-    except ValueError as error:
-        raise RecipeError(f"--precision: {error}") from None
+    policy = training_policy("precision", config.precision)
 
     def build() -> keras.Model:
         return cifar_resnet(depth, num_classes=num_classes, width_multiplier=config.width)
 
     keras.utils.set_random_seed(config.seed)
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = build()
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    model = precision.build_under(policy, build)
     label = config.model if config.width == 1 else f"{config.model} x{config.width:g}"
     if config.initial_weights:
         load_checkpoint(
@@ -206,9 +199,7 @@ def run(config: PretrainConfig) -> dict[str, Any]:
         verbose=config.verbose,
     )
     weights = output_dir / "float.weights.h5"
-    if policy != "float32":  # the float32 variables, in a float32 network for export
-        trained, model = model, build()
-        model.set_weights(trained.get_weights())
+    model = precision.policy_twin(model, "float32", build)  # a float32 network for export
     row = deploy(
         model,
         output_dir / "float.tflite",

@@ -38,7 +38,7 @@ from typing import Any
 from absl import app, flags
 
 from apprentice_tf import data as atf_data
-from apprentice_tf import progressive, reporting
+from apprentice_tf import precision, progressive, reporting
 from apprentice_tf.compat import keras, tf
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import resnet
@@ -60,6 +60,7 @@ from ._common import (
     resnet_depth,
     steps_per_epoch,
     train_stage,
+    training_policy,
 )
 
 __all__ = [
@@ -137,6 +138,7 @@ class ProgressiveConfig:
     seed: int = 0
     output_dir: str = "runs/progressive"
     threads: int = 0
+    precision: str = "auto"
     verbose: int = 1
 
 
@@ -169,13 +171,20 @@ _HELP: dict[str, str] = {
     "seed": "Seed of weights, data order, augmentation.",
     "output_dir": "Output directory.",
     "threads": "TensorFlow threads (0: default).",
+    "precision": (
+        "Keras dtype policy of the float teacher (trained or frozen): auto = mixed_bfloat16 where "
+        "the CPU has bfloat16 instructions, float32 elsewhere (apprentice_tf.precision); the "
+        "low-precision students train in float32."
+    ),
     "verbose": "Keras verbosity.",
 }
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Define the recipe's flags (`_HELP`; defaults from `ProgressiveConfig`) in `flag_values`."""
-    _common.define_flags(ProgressiveConfig, _HELP, flag_values)
+    _common.define_flags(
+        ProgressiveConfig, _HELP, flag_values, enums={"precision": precision.POLICIES}
+    )
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ProgressiveConfig:
@@ -228,6 +237,7 @@ def validate(config: ProgressiveConfig) -> Path:
             "architecture, e.g. --teacher=resnet56)."
         )
     check_file("teacher_checkpoint", config.teacher_checkpoint)
+    training_policy("precision", config.precision)
     check_positive("batch_size", config.batch_size)
     check_positive("learning_rate", config.learning_rate)
     if config.threads < 0:
@@ -371,12 +381,20 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     histories: dict[str, dict[str, list[float]]] = {}
     test = _datasets(config)[1]
+    distilling = None  # the frozen teacher as the Distiller runs it, under --precision's policy
     if config.teacher:
+
+        def build_teacher() -> keras.Model:
+            return build_resnet(config.teacher, config.teacher_width, num_classes)
+
+        policy = training_policy("precision", config.precision)
         if teacher is None:
             keras.utils.set_random_seed(config.seed)
-            teacher = build_resnet(config.teacher, config.teacher_width, num_classes)
+            teacher = precision.build_under(policy, build_teacher)
             histories["teacher"] = _fit("teacher", teacher, None, config, total_steps, output_dir)
         teacher.trainable = False
+        distilling = precision.policy_twin(teacher, policy, build_teacher)
+        teacher = precision.policy_twin(teacher, "float32", build_teacher)
         rows.append(
             {
                 "model": f"{config.teacher} w{config.teacher_width:g}",
@@ -393,7 +411,7 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
         plain = quantize_model(
             build_resnet(config.model, config.width, num_classes), **quantize_kwargs
         )
-        histories["plain"] = _fit("plain", plain, teacher, config, total_steps, output_dir)
+        histories["plain"] = _fit("plain", plain, distilling, config, total_steps, output_dir)
 
     keras.utils.set_random_seed(config.seed)  # the same float weights as the plain network
     expanded = progressive.add_ancillary(
@@ -405,7 +423,7 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
     histories["progressive"] = _fit(
         "progressive",
         expanded,
-        teacher,
+        distilling,
         config,
         total_steps,
         output_dir,

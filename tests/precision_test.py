@@ -46,3 +46,22 @@ def test_a_mixed_bfloat16_network_returns_float32_logits_and_its_weights_load_in
     plain.set_weights(mixed.get_weights())
     for a, b in zip(plain.get_weights(), mixed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_policy_twin_carries_the_weights_and_the_frozen_flag_both_ways():
+    def build():
+        return cifar_resnet(8, num_classes=10, width_multiplier=0.25)
+
+    trained = precision.build_under("float32", build)
+    trained.trainable = False
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    assert precision.policy_twin(trained, "float32", build) is trained
+
+    mixed = precision.policy_twin(trained, "mixed_bfloat16", build)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert mixed.get_layer("stage1_block1_conv1").compute_dtype == "bfloat16"
+    assert not mixed.trainable
+    back = precision.policy_twin(mixed, "float32", build)
+    assert back.get_layer("stage1_block1_conv1").compute_dtype == "float32"
+    for a, b in zip(trained.get_weights(), back.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
