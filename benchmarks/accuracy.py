@@ -35,7 +35,11 @@ finished group's files that the study needs later are kept beside the JSON, in `
 committed with it: every row's .tflite file (so that the latency of every row can be timed side by
 side in any later sitting, and its low-bit levels checked) and each float group's weights, training
 log and results.json (the teacher every distilled row uses, the float student scheme C starts from).
-A sitting on a new machine then resumes with nothing but the repository.
+A sitting on a new machine then resumes with nothing but the repository. A group cut short by the
+end of a sitting can be carried over too: stop the study, then ``--pack`` packs each unfinished
+group's work directory (its finished stages and the last epoch's backup, without the .tflite
+files and the re-saved teacher.keras) into ``<artifacts_dir>/resume/<group>.tar.gz``; the next
+sitting unpacks it where the work directory lacks the group, and deletes it once the group is done.
 
 The report prints the table (Keras and TFLite top-1, their agreement over the whole test split,
 gzip and packed bytes, epochs to reach 95% of the row's final validation accuracy, seconds per
@@ -56,6 +60,7 @@ import os
 import re
 import shutil
 import statistics
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,6 +107,12 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "output", "benchmarks/results/accuracy.json", "JSON output path", allow_override=True
 )
+flags.DEFINE_bool(
+    "pack",
+    False,
+    "pack each unfinished group's work directory into <artifacts_dir>/resume/<group>.tar.gz "
+    "(stop the running study first) and exit",
+)
 flags.DEFINE_string(
     "artifacts_dir",
     "",
@@ -131,6 +142,48 @@ def _budget() -> dict[str, Any]:
         "schedule": "SGD Nesterov 0.9, 1 warm-up epoch, cosine to 0, weight decay 5e-4",
         "scheme_c_calibration_steps": apprentice.ApprenticeConfig.calibration_steps,
     }
+
+
+#: Files of a work directory that a resume archive leaves out: the deployed files (made again at
+#: the end of the group) and the teacher a recipe saves again from --teacher_checkpoint.
+RESUME_EXCLUDED = (".tflite", "teacher.keras")
+
+
+def resume_archive(artifacts: Path, group: str) -> Path:
+    """Where `pack_resume` keeps an unfinished group's work directory."""
+    return artifacts / "resume" / f"{group}.tar.gz"
+
+
+def pack_resume(group: str, work_dir: Path, artifacts: Path) -> Path | None:
+    """Pack ``work_dir/group`` (less `RESUME_EXCLUDED`) into `resume_archive`; None if the group
+    has no work directory. Stop the process training the group first: a backup being written
+    would be packed half-written."""
+    source = work_dir / group
+    if not source.is_dir():
+        return None
+    archive = resume_archive(artifacts, group)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(
+            source,
+            arcname=group,
+            filter=lambda info: None if info.name.endswith(RESUME_EXCLUDED) else info,
+        )
+    partial.replace(archive)
+    return archive
+
+
+def unpack_resume(group: str, work_dir: Path, artifacts: Path) -> bool:
+    """Unpack the group's `resume_archive` into `work_dir` if the work directory lacks the group;
+    True if it did."""
+    archive = resume_archive(artifacts, group)
+    if (work_dir / group).exists() or not archive.exists():
+        return False
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(work_dir, filter="data")
+    return True
 
 
 def _pretrain(model: str, work: Path, **overrides: Any) -> dict[str, Any]:
@@ -558,10 +611,19 @@ def main(argv: list[str]) -> None:
     for name, rows in groups.items():  # groups of earlier sittings (idempotent)
         keep_artifacts(name, rows, work_dir, artifacts, json_dir)
     todo = [(n, build) for n, build in plan if n not in groups and (not f.groups or n in f.groups)]
+    if f.pack:
+        for name, _ in todo:
+            archive = pack_resume(name, work_dir, artifacts)
+            if archive is not None:
+                print(f"[study] {name}: packed {work_dir / name} into {archive}")
+        return
     for index, (name, build) in enumerate(todo, start=1):
         print(f"[study] group {index}/{len(todo)}: {name}", flush=True)
+        if unpack_resume(name, work_dir, artifacts):
+            print(f"[study] {name}: resumed from {resume_archive(artifacts, name)}", flush=True)
         groups[name] = build()
         keep_artifacts(name, groups[name], work_dir, artifacts, json_dir)
+        resume_archive(artifacts, name).unlink(missing_ok=True)
         machine = reporting.machine_info(f.threads)
         for row in groups[name]:  # a study spans machines: each group says where it ran
             row["machine"] = {key: machine[key] for key in ("cpu_family_model", "date")}

@@ -9,7 +9,10 @@ from benchmarks.accuracy import (
     epochs_to_95,
     gap_recovered,
     keep_artifacts,
+    pack_resume,
+    resume_archive,
     row_file_name,
+    unpack_resume,
 )
 
 
@@ -73,3 +76,32 @@ def test_gap_recovered_pairs_scheme_b_seeds_and_scheme_c_with_its_baseline():
     assert by_scheme["B"]["gain_points"]["n"] == 2
     assert by_scheme["C"]["recovered"]["mean"] == pytest.approx(-0.25)
     assert gap_recovered(rows[1:], "resnet20") == []  # no float row: nothing to measure against
+
+
+def test_an_unfinished_group_moves_to_another_machine_through_its_resume_archive(tmp_path):
+    work, artifacts = tmp_path / "work", tmp_path / "kept"
+    group = work / "B_seed0"
+    (group / "backup" / "distill" / "chief").mkdir(parents=True)
+    (group / "baseline.weights.h5").write_bytes(b"finished stage")
+    (group / "baseline.csv").write_text("epoch,accuracy\n0,0.5\n")
+    (group / "backup" / "distill" / "chief" / "checkpoint").write_text("epoch 3")
+    (group / "teacher.keras").write_bytes(b"saved again from --teacher_checkpoint")
+    (group / "student_baseline.tflite").write_bytes(b"made again")
+
+    assert pack_resume("B_seed0", work, artifacts) == resume_archive(artifacts, "B_seed0")
+    assert pack_resume("C", work, artifacts) is None  # never started: nothing to pack
+
+    elsewhere = tmp_path / "new_machine"
+    assert unpack_resume("B_seed0", elsewhere, artifacts)
+    unpacked = sorted(
+        str(p.relative_to(elsewhere)) for p in (elsewhere / "B_seed0").rglob("*") if p.is_file()
+    )
+    assert unpacked == [
+        "B_seed0/backup/distill/chief/checkpoint",
+        "B_seed0/baseline.csv",
+        "B_seed0/baseline.weights.h5",
+    ]
+    # A work directory that already holds the group is newer than any archive: left alone.
+    (elsewhere / "B_seed0" / "baseline.csv").write_text("newer")
+    assert not unpack_resume("B_seed0", elsewhere, artifacts)
+    assert (elsewhere / "B_seed0" / "baseline.csv").read_text() == "newer"
