@@ -144,6 +144,24 @@ def _budget() -> dict[str, Any]:
     }
 
 
+def record_provenance(group: str, rows: list[dict[str, Any]], artifacts: Path) -> None:
+    """Give each row of a finished group, if it has none yet, the machine it trained on (CPU
+    family/model, date) and the dtype policy its float networks trained under (``float_policy``).
+
+    A float group's kept results.json says both; another group finishing now ran here, under what
+    `apprentice_tf.precision.training_policy` ("auto", the recipes' default) resolves to.
+    """
+    kept = artifacts / group / "results.json"
+    if group in FLOAT_GROUPS and kept.exists():
+        results = json.loads(kept.read_text())
+        machine, policy = results["machine"], results["training_policy"]
+    else:
+        machine, policy = reporting.machine_info(), precision.training_policy("auto")
+    for row in rows:
+        row.setdefault("machine", {key: machine[key] for key in ("cpu_family_model", "date")})
+        row.setdefault("float_policy", policy)
+
+
 #: Files of a work directory that a resume archive leaves out: the deployed files (made again at
 #: the end of the group) and the teacher a recipe saves again from --teacher_checkpoint.
 RESUME_EXCLUDED = (".tflite", "teacher.keras")
@@ -610,6 +628,7 @@ def main(argv: list[str]) -> None:
     artifacts, json_dir = artifacts_dir(), output.resolve().parent
     for name, rows in groups.items():  # groups of earlier sittings (idempotent)
         keep_artifacts(name, rows, work_dir, artifacts, json_dir)
+        record_provenance(name, rows, artifacts)
     todo = [(n, build) for n, build in plan if n not in groups and (not f.groups or n in f.groups)]
     if f.pack:
         for name, _ in todo:
@@ -624,10 +643,7 @@ def main(argv: list[str]) -> None:
         groups[name] = build()
         keep_artifacts(name, groups[name], work_dir, artifacts, json_dir)
         resume_archive(artifacts, name).unlink(missing_ok=True)
-        machine = reporting.machine_info(f.threads)
-        for row in groups[name]:  # a study spans machines: each group says where it ran
-            row["machine"] = {key: machine[key] for key in ("cpu_family_model", "date")}
-            row["float_policy"] = precision.training_policy("auto")
+        record_provenance(name, groups[name], artifacts)  # a study spans machines
         table["machine"] = reporting.machine_info(f.threads)
         table["gap_recovered"] = gap_recovered([r for g in groups.values() for r in g], f.student)
         reporting.write_json(output, table)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks.accuracy import (
@@ -10,6 +12,7 @@ from benchmarks.accuracy import (
     gap_recovered,
     keep_artifacts,
     pack_resume,
+    record_provenance,
     resume_archive,
     row_file_name,
     unpack_resume,
@@ -105,3 +108,23 @@ def test_an_unfinished_group_moves_to_another_machine_through_its_resume_archive
     (elsewhere / "B_seed0" / "baseline.csv").write_text("newer")
     assert not unpack_resume("B_seed0", elsewhere, artifacts)
     assert (elsewhere / "B_seed0" / "baseline.csv").read_text() == "newer"
+
+
+def test_provenance_of_a_float_group_comes_from_its_kept_results(tmp_path):
+    (tmp_path / "teacher").mkdir()
+    machine = {"cpu": "AMD EPYC", "cpu_family_model": "25/1", "date": "2026-12-01"}
+    results = {"machine": machine, "training_policy": "float32"}
+    (tmp_path / "teacher" / "results.json").write_text(json.dumps(results))
+    rows = [{"row": "teacher resnet56 (float)"}]
+    record_provenance("teacher", rows, tmp_path)
+    assert rows[0]["machine"] == {"cpu_family_model": "25/1", "date": "2026-12-01"}
+    assert rows[0]["float_policy"] == "float32"
+
+    # Recorded once: a later sitting on another machine does not rewrite it.
+    rows[0]["machine"]["date"] = "kept"
+    record_provenance("B_seed0", rows, tmp_path)
+    assert rows[0]["machine"]["date"] == "kept"
+    fresh = [{"row": "ternary W2A8 alone"}]
+    record_provenance("B_seed0", fresh, tmp_path)
+    assert set(fresh[0]["machine"]) == {"cpu_family_model", "date"}
+    assert fresh[0]["float_policy"] in ("float32", "mixed_bfloat16")
