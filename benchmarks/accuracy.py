@@ -67,7 +67,7 @@ from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import precision, reporting, tflite
+from apprentice_tf import reporting, tflite
 from recipes import apprentice, hakd, pretrain, progressive
 
 # Flags other benchmarks also define may be overridden, so benchmarks can be imported together.
@@ -144,19 +144,21 @@ def _budget() -> dict[str, Any]:
     }
 
 
-def record_provenance(group: str, rows: list[dict[str, Any]], artifacts: Path) -> None:
+def record_provenance(
+    group: str, rows: list[dict[str, Any]], work_dir: Path, artifacts: Path
+) -> None:
     """Give each row of a finished group, if it has none yet, the machine it trained on (CPU
-    family/model, date) and the dtype policy its float networks trained under (``float_policy``).
-
-    A float group's kept results.json says both; another group finishing now ran here, under what
-    `apprentice_tf.precision.training_policy` ("auto", the recipes' default) resolves to.
+    family/model, date) and the dtype policy its float networks trained under (``float_policy``),
+    as the recipe's results.json says: the kept one of a float group, else the work directory's
+    (a recipe that records no policy, `recipes.hakd`, trains in float32). Rows that have both
+    are left as they are.
     """
     kept = artifacts / group / "results.json"
-    if group in FLOAT_GROUPS and kept.exists():
-        results = json.loads(kept.read_text())
-        machine, policy = results["machine"], results["training_policy"]
-    else:
-        machine, policy = reporting.machine_info(), precision.training_policy("auto")
+    path = kept if group in FLOAT_GROUPS and kept.exists() else work_dir / group / "results.json"
+    if all("machine" in row for row in rows) or not path.exists():
+        return
+    results = json.loads(path.read_text())
+    machine, policy = results["machine"], results.get("training_policy", "float32")
     for row in rows:
         row.setdefault("machine", {key: machine[key] for key in ("cpu_family_model", "date")})
         row.setdefault("float_policy", policy)
@@ -628,7 +630,7 @@ def main(argv: list[str]) -> None:
     artifacts, json_dir = artifacts_dir(), output.resolve().parent
     for name, rows in groups.items():  # groups of earlier sittings (idempotent)
         keep_artifacts(name, rows, work_dir, artifacts, json_dir)
-        record_provenance(name, rows, artifacts)
+        record_provenance(name, rows, work_dir, artifacts)
     todo = [(n, build) for n, build in plan if n not in groups and (not f.groups or n in f.groups)]
     if f.pack:
         for name, _ in todo:
@@ -643,7 +645,7 @@ def main(argv: list[str]) -> None:
         groups[name] = build()
         keep_artifacts(name, groups[name], work_dir, artifacts, json_dir)
         resume_archive(artifacts, name).unlink(missing_ok=True)
-        record_provenance(name, groups[name], artifacts)  # a study spans machines
+        record_provenance(name, groups[name], work_dir, artifacts)  # a study spans machines
         table["machine"] = reporting.machine_info(f.threads)
         table["gap_recovered"] = gap_recovered([r for g in groups.values() for r in g], f.student)
         reporting.write_json(output, table)

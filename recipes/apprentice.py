@@ -763,6 +763,7 @@ def run(config: ApprenticeConfig) -> dict[str, Any]:
         extra={
             "distillation_gain": gain,
             "teacher_source": config.teacher_checkpoint or "trained",
+            "training_policy": setup.policy,  # of the float networks and the teacher
         },
     )
 

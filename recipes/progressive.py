@@ -468,6 +468,8 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
             "parameters_deployed": int(stripped.count_params()),
         },
         "histories": histories,
+        # of the teacher (trained or frozen); the students train in float32
+        "training_policy": training_policy("precision", config.precision),
     }
     results = finish(output_dir, config, rows, curves, extra)
     results_md = output_dir / "results.md"

@@ -110,21 +110,32 @@ def test_an_unfinished_group_moves_to_another_machine_through_its_resume_archive
     assert (elsewhere / "B_seed0" / "baseline.csv").read_text() == "newer"
 
 
-def test_provenance_of_a_float_group_comes_from_its_kept_results(tmp_path):
-    (tmp_path / "teacher").mkdir()
-    machine = {"cpu": "AMD EPYC", "cpu_family_model": "25/1", "date": "2026-12-01"}
-    results = {"machine": machine, "training_policy": "float32"}
-    (tmp_path / "teacher" / "results.json").write_text(json.dumps(results))
-    rows = [{"row": "teacher resnet56 (float)"}]
-    record_provenance("teacher", rows, tmp_path)
-    assert rows[0]["machine"] == {"cpu_family_model": "25/1", "date": "2026-12-01"}
-    assert rows[0]["float_policy"] == "float32"
+def test_provenance_comes_from_the_recipes_results_and_is_recorded_once(tmp_path):
+    work, kept = tmp_path / "work", tmp_path / "kept"
+    (kept / "teacher").mkdir(parents=True)
+    (work / "B_seed0").mkdir(parents=True)
+    (work / "HAKD").mkdir(parents=True)
+    zen3 = {"cpu": "AMD EPYC", "cpu_family_model": "25/1", "date": "2026-12-01"}
+    zen4 = {"cpu": "AMD EPYC", "cpu_family_model": "25/17", "date": "2026-12-02"}
+    (kept / "teacher" / "results.json").write_text(
+        json.dumps({"machine": zen3, "training_policy": "float32"})
+    )
+    (work / "B_seed0" / "results.json").write_text(
+        json.dumps({"machine": zen4, "training_policy": "mixed_bfloat16"})
+    )
+    (work / "HAKD" / "results.json").write_text(json.dumps({"machine": zen4}))
 
-    # Recorded once: a later sitting on another machine does not rewrite it.
-    rows[0]["machine"]["date"] = "kept"
-    record_provenance("B_seed0", rows, tmp_path)
-    assert rows[0]["machine"]["date"] == "kept"
-    fresh = [{"row": "ternary W2A8 alone"}]
-    record_provenance("B_seed0", fresh, tmp_path)
-    assert set(fresh[0]["machine"]) == {"cpu_family_model", "date"}
-    assert fresh[0]["float_policy"] in ("float32", "mixed_bfloat16")
+    teacher, distilled, hakd = [{"row": "t"}], [{"row": "d"}], [{"row": "h"}]
+    record_provenance("teacher", teacher, work, kept)
+    record_provenance("B_seed0", distilled, work, kept)
+    record_provenance("HAKD", hakd, work, kept)
+    assert teacher[0]["machine"] == {"cpu_family_model": "25/1", "date": "2026-12-01"}
+    assert teacher[0]["float_policy"] == "float32"
+    assert distilled[0]["float_policy"] == "mixed_bfloat16"
+    assert hakd[0]["float_policy"] == "float32"  # recipes.hakd trains in float32
+
+    (work / "B_seed0" / "results.json").write_text(
+        json.dumps({"machine": zen3, "training_policy": "float32"})
+    )
+    record_provenance("B_seed0", distilled, work, kept)  # a later sitting: kept as recorded
+    assert distilled[0]["machine"]["cpu_family_model"] == "25/17"

@@ -44,7 +44,15 @@ TINY = {
     "verbose": 0,
 }
 RESNET8_LOW_PRECISION_CONVS = 8  # 6 block convs + 2 projections; conv1 and logits stay float
-RESULT_KEYS = {"config", "machine", "rows", "curves", "distillation_gain", "teacher_source"}
+RESULT_KEYS = {
+    "config",
+    "machine",
+    "rows",
+    "curves",
+    "distillation_gain",
+    "teacher_source",
+    "training_policy",
+}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -129,6 +137,7 @@ def resumed(tmp_path_factory):
 def test_results_json_has_every_key_and_values_in_range(resumed):
     results = json.loads((resumed["output_dir"] / "results.json").read_text())
     assert set(results) == RESULT_KEYS
+    assert results["training_policy"] == "mixed_bfloat16"  # TINY forces it
     assert results["config"] == dataclasses.asdict(resumed["config"])
     assert results["teacher_source"] == "trained"
     rows = results["rows"]
