@@ -576,7 +576,8 @@ def _distilling_teacher(
     teacher: keras.Model, config: ApprenticeConfig, setup: _Setup
 ) -> keras.Model:
     """The frozen float32 `teacher` as the Distiller runs it: its twin under --precision's policy
-    (bfloat16 logits at about 0.55-0.7x the cost where the CPU has bfloat16 instructions)."""
+    (on a CPU with bfloat16 instructions its forward pass alone took 0.61x the float32 time, a
+    whole scheme-B step 0.96x: benchmarks/step_cost.py)."""
     return precision.policy_twin(
         teacher, setup.policy, lambda: _build_teacher(config, setup.num_classes)
     )
