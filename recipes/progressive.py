@@ -381,13 +381,13 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     histories: dict[str, dict[str, list[float]]] = {}
     test = _datasets(config)[1]
+    policy = training_policy("precision", config.precision)
     distilling = None  # the frozen teacher as the Distiller runs it, under --precision's policy
     if config.teacher:
 
         def build_teacher() -> keras.Model:
             return build_resnet(config.teacher, config.teacher_width, num_classes)
 
-        policy = training_policy("precision", config.precision)
         if teacher is None:
             keras.utils.set_random_seed(config.seed)
             teacher = precision.build_under(policy, build_teacher)
@@ -469,7 +469,7 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
         },
         "histories": histories,
         # of the teacher (trained or frozen); the students train in float32
-        "training_policy": training_policy("precision", config.precision),
+        "training_policy": policy,
     }
     results = finish(output_dir, config, rows, curves, extra)
     results_md = output_dir / "results.md"
