@@ -150,8 +150,8 @@ def record_provenance(
     """Give each row of a finished group, if it has none yet, the machine it trained on (CPU
     family/model, date) and the dtype policy its float networks trained under (``float_policy``),
     as the recipe's results.json says: the kept one of a float group, else the work directory's
-    (a recipe that records no policy, `recipes.hakd`, trains in float32). Rows that have both
-    are left as they are.
+    (float32 if it records none, as results written before ``--precision`` existed). Rows that
+    have both are left as they are.
     """
     kept = artifacts / group / "results.json"
     path = kept if group in FLOAT_GROUPS and kept.exists() else work_dir / group / "results.json"

@@ -24,7 +24,14 @@
    latency, which is the paper's point) and channel pruning (L1 filter ranking), whose keep
    fraction is chosen among `--channel_keep` as the one whose measured latency is highest within
    the budget (the fastest one if none fits).
-6. **Deploy.** Each network is converted, inspected and evaluated as TFLite (`_common.deploy`), and
+6. **Precision** (``--precision``, `apprentice_tf.precision`). The float networks train under
+   Keras's ``mixed_bfloat16`` policy where the CPU has bfloat16 instructions (float32 elsewhere):
+   the teacher stage, the channel-pruned baseline and a float student, and the frozen teacher
+   runs as its ``mixed_bfloat16`` twin while the student learns. The magnitude-pruned baseline
+   stays float32 (tfmot's pruning wrapper fails under a mixed policy, tensorflow/model-optimization
+   #409), and so does a low-precision student (FakeQuant takes float32 only). Every network is
+   evaluated and exported as its float32 twin.
+7. **Deploy.** Each network is converted, inspected and evaluated as TFLite (`_common.deploy`), and
    the deployed file itself is timed like the table's rows. Results: ``results.json``,
    ``results.md`` (HAKD table: params, size, top-1, latency), ``curves.png``,
    ``accuracy_vs_size.png``, ``accuracy_vs_latency.png`` (budget line) and, with `--sweep`,
@@ -51,7 +58,7 @@ import numpy as np
 from absl import app, flags
 from matplotlib.figure import Figure
 
-from apprentice_tf import data, hardware, losses, pruning, reporting
+from apprentice_tf import data, hardware, losses, precision, pruning, reporting
 from apprentice_tf.compat import keras
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.models import cifar_resnet, families
@@ -117,6 +124,7 @@ class HAKDConfig:
     seed: int = 0
     output_dir: str = "runs/hakd"
     threads: int = 0
+    precision: str = "auto"
     verbose: int = 1
 
 
@@ -162,6 +170,12 @@ _HELP: dict[str, str] = {
     "seed": "random seed.",
     "output_dir": "directory of the stages, the latency table and the results.",
     "threads": "TensorFlow intra/inter-op threads for training (0: TensorFlow's default).",
+    "precision": (
+        "Keras dtype policy of the float networks (teacher stage, frozen teacher, channel-pruned "
+        "baseline, float student): auto = mixed_bfloat16 where the CPU has bfloat16 "
+        "instructions, float32 elsewhere (apprentice_tf.precision). Magnitude pruning and "
+        "low-precision students train in float32."
+    ),
     "verbose": "0 silent, 1 progress bars.",
 }
 
@@ -187,6 +201,7 @@ class _Checked:
     activation_bits: int | None
     num_classes: int
     teacher: keras.Model | None  # a freshly built teacher holding --teacher_checkpoint
+    policy: str  # --precision resolved: the Keras dtype policy float networks train under
 
 
 def _check_number(flag: str, value: float, low: float, high: float = math.inf) -> None:
@@ -263,6 +278,7 @@ def validate(config: HAKDConfig) -> _Checked:
     _common.check_int("batch_size", config.batch_size, 1)
     _common.check_int("threads", config.threads, 0)
     _common.check_choice("verbose", config.verbose, (0, 1, 2))
+    policy = _common.training_policy("precision", config.precision)
     if config.sweep:
         if not (config.sweep_ops and config.sweep_sizes and config.sweep_channels):
             raise RecipeError(
@@ -322,6 +338,7 @@ def validate(config: HAKDConfig) -> _Checked:
         activation_bits=config.activation_bits or None,
         num_classes=num_classes,
         teacher=teacher,
+        policy=policy,
     )
 
 
@@ -609,7 +626,13 @@ def run(config: HAKDConfig) -> dict[str, Any]:
 
     _log(start, f"additive estimate {estimate:.3f} ms vs measured {measured:.3f} ms")
     # 4. Teacher latency and the channel-pruning keep fraction (architectures only).
-    teacher = checked.teacher or _build_teacher(config, checked.teacher_depth, checked.num_classes)
+    policy = checked.policy
+    extra["training_policy"] = policy
+
+    def build_teacher() -> keras.Model:
+        return _build_teacher(config, checked.teacher_depth, checked.num_classes)
+
+    teacher = checked.teacher or build_teacher()
     pruned_archs = {
         keep: pruning.channel_prune(teacher, keep, copy_weights=False)
         for keep in sorted(set(config.channel_keep))
@@ -649,13 +672,15 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         rows.append(row)
 
     _log(start, f"channel-pruning keep fraction {keep:g}; training the teacher")
-    # 5. Teacher: loaded from --teacher_checkpoint, or trained (resumable stage).
-    _compile(teacher, config.learning_rate, teacher_epochs * steps_per_epoch)
+    # 5. Teacher: loaded from --teacher_checkpoint, or trained (resumable stage) under --precision.
     if checked.teacher is None:
+        trained = precision.build_under(policy, build_teacher)
+        _compile(trained, config.learning_rate, teacher_epochs * steps_per_epoch)
         history = _common.train_stage(
-            "teacher", teacher, train, teacher_epochs, output_dir, test, verbose=verbose
+            "teacher", trained, train, teacher_epochs, output_dir, test, verbose=verbose
         )
         curves["teacher"] = history.get("val_accuracy", [])
+        teacher = precision.policy_twin(trained, "float32", build_teacher)
     teacher_row = {
         "model": f"{config.teacher}_w{config.teacher_width:g}",
         "scheme": "teacher",
@@ -696,12 +721,18 @@ def run(config: HAKDConfig) -> dict[str, Any]:
     )
 
     _log(start, "channel-pruning baseline")
-    channel = pruning.channel_prune(teacher, keep)
+    # Pruned from the teacher's twin under --precision (the pruned network keeps its source's
+    # layer dtypes), it trains under that policy; its float32 twin is deployed.
+    source = precision.policy_twin(teacher, policy, build_teacher)
+    channel = precision.build_under(policy, lambda: pruning.channel_prune(source, keep))
     _compile(channel, finetune_lr, config.epochs * steps_per_epoch)
     history = _common.train_stage(
         "channel", channel, train, config.epochs, output_dir, test, verbose=verbose
     )
     curves["channel pruning"] = history.get("val_accuracy", [])
+    channel = precision.policy_twin(
+        channel, "float32", lambda: pruning.channel_prune(teacher, keep, copy_weights=False)
+    )
     finish_row(
         channel,
         "channel",
@@ -716,10 +747,14 @@ def run(config: HAKDConfig) -> dict[str, Any]:
     )
 
     _log(start, "distilling the student")
-    # 7. Distil the selected student from the frozen teacher (KD, + attention transfer).
-    student = float_student
-    if checked.quantize is not None:
+    # 7. Distil the selected student from the frozen teacher (KD, + attention transfer): a float
+    # student under --precision, a low-precision one in float32; the teacher as its twin under
+    # --precision.
+    if checked.quantize is None:
+        student = precision.build_under(policy, selection.build)
+    else:
         student = quantize_model(float_student, checked.quantize, checked.activation_bits)
+    teacher = precision.policy_twin(teacher, policy, build_teacher)
     kd = {
         "alpha": config.alpha,
         "beta": config.beta,
@@ -745,8 +780,11 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         "student", distiller, train, config.epochs, output_dir, test, verbose=verbose
     )
     curves["HAKD student"] = history.get("val_accuracy", [])
+    student = distiller.student
+    if checked.quantize is None:
+        student = precision.policy_twin(student, "float32", selection.build)
     finish_row(
-        distiller.student,
+        student,
         "student",
         {
             "model": selection.name,
@@ -781,7 +819,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Define one absl flag per `HAKDConfig` field, with its default and `_HELP` text."""
-    _common.define_flags(HAKDConfig, _HELP, flag_values)
+    _common.define_flags(HAKDConfig, _HELP, flag_values, enums={"precision": precision.POLICIES})
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> HAKDConfig:

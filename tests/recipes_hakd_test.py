@@ -34,6 +34,7 @@ def tiny_config(tmp_path, **overrides) -> hakd.HAKDConfig:
         "sweep_channels": (8, 16),
         "output_dir": str(tmp_path / "run"),
         "threads": 2,
+        "precision": "float32",
         "verbose": 0,
     }
     settings.update(overrides)
@@ -41,9 +42,17 @@ def tiny_config(tmp_path, **overrides) -> hakd.HAKDConfig:
 
 
 def test_smoke_run_writes_results_within_budget(tmp_path):
-    config = tiny_config(tmp_path, sweep=True)
+    # mixed_bfloat16 forced (emulated where the CPU lacks it): the teacher stage, the channel-pruned
+    # baseline and the float student train under it, and every network deploys as float32.
+    config = tiny_config(tmp_path, sweep=True, precision="mixed_bfloat16")
     results = hakd.run(config)
     out = tmp_path / "run"
+    assert results["training_policy"] == "mixed_bfloat16"
+    for row in results["rows"]:  # float32 exports: the files reproduce their Keras networks
+        assert row["agreement"]["max_abs_diff"] <= 1e-3 * max(
+            1.0, row["agreement"]["max_abs_output"]
+        )
+        assert not any(w["dtype"] == "BFLOAT16" for w in row["inspection"]), row["scheme"]
 
     for name in ("results.json", "results.md", "latency_table.json", "student.tflite"):
         assert (out / name).is_file(), name
@@ -123,6 +132,7 @@ def _fake_foreign_table(path):
         ({"channel_keep": (0.0,)}, "channel_keep"),
         ({"table": "/nonexistent/table.json"}, "table"),
         ({"sweep": True, "sweep_ops": ("dilated",)}, "sweep_ops"),
+        ({"precision": "float16"}, "--precision"),
     ],
 )
 def test_bad_flags_raise_before_anything_is_written(tmp_path, overrides, match):
@@ -162,6 +172,7 @@ def test_flags_parse_into_the_config():
             "--sweep_channels=8,16",
             "--weight_bits=ternary",
             "--sweep",
+            "--precision=mixed_bfloat16",
         ]
     )
     config = hakd.config_from_flags(values)
@@ -173,6 +184,7 @@ def test_flags_parse_into_the_config():
         sweep_channels=(8, 16),
         weight_bits="ternary",
         sweep=True,
+        precision="mixed_bfloat16",
     )
 
 
