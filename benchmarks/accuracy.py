@@ -15,6 +15,11 @@ teacher_restart   the teacher trained ``--teacher_restart_epochs`` more from its
                   2017): the teacher of every distilled row when there is one
 C                 scheme C: the float student lowered to ternary W2A8 and fine-tuned for
                   ``--finetune_epochs`` at lr 0.01, alone and with distillation
+C_seed<s>         the same two C rows with the other seeds of ``--seeds`` (C is cheap: its
+                  seeds measure how much of a small difference is noise)
+C_<variant>       scheme C's distilled row again with one setting changed (`C_VARIANTS`:
+                  temperature, the distillation weight γ, the weaker 15-epoch teacher), each
+                  against C's baseline of seed 0: what the investigation of a missed goal tried
 B_seed<s>         scheme B, ternary W2A8, from scratch: alone and distilled from the frozen
                   teacher, one group per seed of ``--seeds``
 B_4bit            scheme B with W4A8 (4-bit weights): alone and distilled
@@ -121,6 +126,17 @@ flags.DEFINE_string(
 )
 
 STUDENT_BITS = {"ternary": "ternary W2A8", "4": "W4A8"}
+#: Row names of scheme C (the variants append their label in parentheses to the distilled one).
+C_BASELINE_ROW = "ternary W2A8 fine-tuned alone (C baseline)"
+C_KD_ROW = "ternary W2A8 + KD scheme C"
+#: Scheme C variants (group ``C_<key>``): their row label and what they change of
+#: `recipes.apprentice.ApprenticeConfig` ("teacher" is the group whose weights teach instead).
+C_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tau2": ("τ=2", {"temperature": 2.0}),
+    "tau4": ("τ=4", {"temperature": 4.0}),
+    "gamma1": ("γ=1", {"gamma": 1.0}),
+    "teacher15": ("15-epoch teacher", {"teacher": "teacher"}),
+}
 #: Groups trained by `recipes.pretrain`, whose weights later groups start from.
 FLOAT_GROUPS = ("float", "teacher", "teacher_restart")
 #: The files of a float group kept among the artifacts (as `recipes.pretrain` names them).
@@ -408,25 +424,41 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
         name = f"teacher {f.teacher} (float, {f.epochs} + {f.teacher_restart_epochs} epochs)"
         return [_row(results["rows"][0], name, results["val_accuracy"], work, "float")]
 
-    def scheme_c() -> list[dict[str, Any]]:
-        work = work_dir / "C"
+    def scheme_c(group: str, seed: int = 0) -> list[dict[str, Any]]:
+        work = work_dir / group
         results = _apprentice(
-            "C",
-            "ternary",
-            work,
-            student_checkpoint=_float_weights("float"),
+            "C", "ternary", work, student_checkpoint=_float_weights("float"), seed=seed
         )
         rows, curves = _by_scheme(results), results["curves"]
         return [
             _row(
                 rows["alone"],
-                "ternary W2A8 fine-tuned alone (C baseline)",
+                C_BASELINE_ROW,
                 curves["baseline (alone, fine-tuned)"],
                 work,
                 "baseline",
+                seed,
             ),
-            _row(rows["C"], "ternary W2A8 + KD scheme C", curves["distilled (C)"], work, "distill"),
+            _row(rows["C"], C_KD_ROW, curves["distilled (C)"], work, "distill", seed),
         ]
+
+    def scheme_c_variant(key: str) -> list[dict[str, Any]]:
+        label, changes = C_VARIANTS[key]
+        overrides = dict(changes)
+        if "teacher" in overrides:
+            overrides["teacher_checkpoint"] = _float_weights(overrides.pop("teacher"))
+        work = work_dir / f"C_{key}"
+        results = _apprentice(
+            "C",
+            "ternary",
+            work,
+            student_checkpoint=_float_weights("float"),
+            baseline=False,
+            **overrides,
+        )
+        row = _by_scheme(results)["C"]
+        curve = results["curves"]["distilled (C)"]
+        return [_row(row, f"{C_KD_ROW} ({label})", curve, work, "distill")]
 
     def scheme_b(bits: str, seed: int, work: Path) -> list[dict[str, Any]]:
         results = _apprentice("B", bits, work, seed=seed)
@@ -510,8 +542,13 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
     ]
     if f.teacher_restart_epochs > 0:
         plan.append(("teacher_restart", teacher_restart_group))
-    plan.append(("C", scheme_c))
-    for seed in (int(s) for s in f.seeds):
+    seeds = [int(s) for s in f.seeds]
+    plan.append(("C", lambda: scheme_c("C")))
+    for seed in (s for s in seeds if s != 0):  # C itself is seed 0
+        plan.append((f"C_seed{seed}", lambda seed=seed: scheme_c(f"C_seed{seed}", seed)))
+    for key in C_VARIANTS:
+        plan.append((f"C_{key}", lambda key=key: scheme_c_variant(key)))
+    for seed in seeds:
         plan.append(
             (
                 f"B_seed{seed}",
@@ -539,8 +576,9 @@ def _mean_std(values: list[float]) -> dict[str, float | int]:
 def gap_recovered(rows: list[dict[str, Any]], student: str) -> list[dict[str, Any]]:
     """Per scheme, (KD − alone) / (float − alone) on TFLite top-1, with the spread over seeds.
 
-    Scheme B pairs each seed's distilled row with the same seed's baseline; scheme C with its own
-    fine-tuned baseline; A and the progressive + KD row with the mean of the ternary baselines.
+    Scheme B pairs each seed's distilled row with the same seed's baseline; scheme C, and each
+    of its variants (``C (τ=2)``, ...), likewise with C's fine-tuned baseline of the same seed;
+    A and the progressive + KD row with the mean of the ternary baselines.
     """
     float_rows = [r for r in rows if r["row"] == f"float {student}"]
     if not float_rows:
@@ -553,38 +591,36 @@ def gap_recovered(rows: list[dict[str, Any]], student: str) -> list[dict[str, An
     def named(name: str) -> list[dict[str, Any]]:
         return [r for r in rows if r["row"] == name]
 
-    alone = {r["seed"]: r["tflite_top1"] for r in named("ternary W2A8 alone")}
     gains = []
-    pairs = [
-        (r["tflite_top1"], alone[r["seed"]])
-        for r in named("ternary W2A8 + KD scheme B")
-        if r["seed"] in alone
-    ]
-    recovered = [x for x in (ratio(d, a) for d, a in pairs) if x is not None]
-    if recovered:
+
+    def paired(scheme: str, distilled_row: str, alone: dict[int, float]) -> None:
+        pairs = [(r["tflite_top1"], alone[r["seed"]]) for r in named(distilled_row)]
+        pairs = [(d, a) for d, a in pairs if a is not None]
+        if not pairs:
+            return
+        recovered = [x for x in (ratio(d, a) for d, a in pairs) if x is not None]
         gains.append(
             {
-                "scheme": "B",
-                "recovered": _mean_std(recovered),
+                "scheme": scheme,
+                "recovered": _mean_std(recovered) if recovered else None,
                 "gain_points": _mean_std([100 * (d - a) for d, a in pairs]),
                 "per_seed": recovered,
             }
         )
-    c_alone = named("ternary W2A8 fine-tuned alone (C baseline)")
-    c_kd = named("ternary W2A8 + KD scheme C")
-    if c_alone and c_kd:
-        value = ratio(c_kd[0]["tflite_top1"], c_alone[0]["tflite_top1"])
-        gains.append(
-            {
-                "scheme": "C",
-                "recovered": None if value is None else _mean_std([value]),
-                "gain_points": _mean_std(
-                    [100 * (c_kd[0]["tflite_top1"] - c_alone[0]["tflite_top1"])]
-                ),
-            }
-        )
-    if alone:
-        mean_alone = statistics.fmean(alone.values())
+
+    def by_seed(name: str) -> dict[int, float | None]:
+        top1 = {r["seed"]: r["tflite_top1"] for r in named(name)}
+        return {seed: top1.get(seed) for seed in {r["seed"] for r in rows}}
+
+    ternary_alone = by_seed("ternary W2A8 alone")
+    paired("B", "ternary W2A8 + KD scheme B", ternary_alone)
+    c_alone = by_seed(C_BASELINE_ROW)
+    paired("C", C_KD_ROW, c_alone)
+    for label, _ in C_VARIANTS.values():
+        paired(f"C ({label})", f"{C_KD_ROW} ({label})", c_alone)
+    alone_values = [v for v in ternary_alone.values() if v is not None]
+    if alone_values:
+        mean_alone = statistics.fmean(alone_values)
         for scheme, name in (
             ("A", "ternary W2A8 + KD scheme A"),
             ("progressive + B", "ternary W2A8 progressive + KD scheme B"),

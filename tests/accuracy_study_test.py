@@ -61,7 +61,7 @@ def test_epochs_to_95_is_the_first_epoch_within_95_percent_of_the_last():
     assert epochs_to_95([]) is None
 
 
-def test_gap_recovered_pairs_scheme_b_seeds_and_scheme_c_with_its_baseline():
+def test_gap_recovered_pairs_each_distilled_row_with_its_seeds_baseline():
     rows = [
         {"row": "float resnet20", "seed": 0, "tflite_top1": 0.90},
         {"row": "ternary W2A8 alone", "seed": 0, "tflite_top1": 0.80},
@@ -70,6 +70,10 @@ def test_gap_recovered_pairs_scheme_b_seeds_and_scheme_c_with_its_baseline():
         {"row": "ternary W2A8 + KD scheme B", "seed": 1, "tflite_top1": 0.86},
         {"row": "ternary W2A8 fine-tuned alone (C baseline)", "seed": 0, "tflite_top1": 0.86},
         {"row": "ternary W2A8 + KD scheme C", "seed": 0, "tflite_top1": 0.85},
+        {"row": "ternary W2A8 fine-tuned alone (C baseline)", "seed": 1, "tflite_top1": 0.85},
+        {"row": "ternary W2A8 + KD scheme C", "seed": 1, "tflite_top1": 0.87},
+        {"row": "ternary W2A8 + KD scheme C (τ=2)", "seed": 0, "tflite_top1": 0.88},
+        {"row": "ternary W2A8 + KD scheme C (τ=4)", "seed": 2, "tflite_top1": 0.88},  # no baseline
     ]
     by_scheme = {gain["scheme"]: gain for gain in gap_recovered(rows, "resnet20")}
 
@@ -77,7 +81,13 @@ def test_gap_recovered_pairs_scheme_b_seeds_and_scheme_c_with_its_baseline():
     assert by_scheme["B"]["recovered"]["mean"] == pytest.approx(0.5)
     assert by_scheme["B"]["gain_points"]["mean"] == pytest.approx(4.5)
     assert by_scheme["B"]["gain_points"]["n"] == 2
-    assert by_scheme["C"]["recovered"]["mean"] == pytest.approx(-0.25)
+    # C pairs each seed with its own baseline: -0.25 (seed 0) and 0.4 (seed 1).
+    assert by_scheme["C"]["per_seed"] == pytest.approx([-0.25, 0.4])
+    assert by_scheme["C"]["gain_points"]["mean"] == pytest.approx(0.5)
+    # A variant is paired with C's baseline of its seed; one without a baseline is left out.
+    assert by_scheme["C (τ=2)"]["recovered"]["mean"] == pytest.approx(0.5)
+    assert by_scheme["C (τ=2)"]["gain_points"]["n"] == 1
+    assert "C (τ=4)" not in by_scheme
     assert gap_recovered(rows[1:], "resnet20") == []  # no float row: nothing to measure against
 
 
