@@ -61,6 +61,7 @@ __all__ = [
     "AncillaryScale",
     "AncillaryConv2D",
     "AncillaryDepthwiseConv2D",
+    "AncillaryBatchNormalization",
     "ancillary_scales",
     "get_ancillary_scale",
     "set_ancillary_scale",
@@ -210,7 +211,20 @@ class AncillaryDepthwiseConv2D(_CroppedConv, keras.layers.DepthwiseConv2D):
         return {**super().get_config(), "crop": [list(pair) for pair in self.crop]}
 
 
+@keras.utils.register_keras_serializable(package="apprentice_tf")
+class AncillaryBatchNormalization(keras.layers.BatchNormalization):
+    """The ancillary branch's own BatchNormalization (``add_ancillary(branch_norm=True)``).
+
+    The authors' EXP-Net form of Zhou et al. (arXiv:1905.11781): y = BN(conv_lp(x)) +
+    λ·BN_fp(conv_fp(x)). A `keras.layers.BatchNormalization` with the settings of the
+    low-precision conv's own BatchNormalization, and a distinct class so that `strip_ancillary`
+    finds it.
+    """
+
+
 _TWINS = (AncillaryConv2D, AncillaryDepthwiseConv2D)
+#: Every layer an ancillary branch adds besides its `AncillaryScale`.
+_BRANCH_LAYERS = (*_TWINS, AncillaryBatchNormalization)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,6 +336,7 @@ def add_ancillary(
     kernel_size: int | None = None,
     per_layer_scale: bool = False,
     kernel_initializer: Any = None,
+    branch_norm: bool = False,
     **quantize_kwargs: Any,
 ) -> keras.Model:
     """Quantize `model` and give each low-precision conv an ancillary full-precision twin.
@@ -338,6 +353,14 @@ def add_ancillary(
     feeds whatever consumed conv_lp(x) (its BatchNormalization). λ = 1 initially; drive it to 0
     with `AncillaryDecay`, then remove the twins with `strip_ancillary`.
 
+    With ``branch_norm=True`` the branch has its own BatchNormalization and joins after the
+    conv's, the form of the authors' published code (EXP-Net):
+
+        y = BN(conv_lp(x)) + λ·BN_fp(conv_fp(x)),
+
+    BN_fp an `AncillaryBatchNormalization` ``ancillary_bn_<conv name>`` with the settings of BN,
+    the conv's only consumer; its consumers read the sum.
+
     Args:
       model: the float tf_keras model (as for `quantize_model`), or a model returned by
         `quantize_model` (then no `quantize_kwargs`). Not modified.
@@ -347,6 +370,8 @@ def add_ancillary(
         `AncillaryDecay` drives them all alike.
       kernel_initializer: the twins' kernel initializer; None uses each conv's own (a fresh
         random draw, not a copy of its weights).
+      branch_norm: False: the sum before the conv's BatchNormalization (one BN for both paths);
+        True: each branch has its own BatchNormalization and the sum follows the conv's.
       **quantize_kwargs: `quantize_model`'s ``weight_bits``, ``activation_bits``,
         ``keep_first_last`` and ``skip``; pass the same to `quantize_model` to compare with the
         stripped model.
@@ -361,8 +386,9 @@ def add_ancillary(
       ValueError: a bad `kernel_size` or quantize argument, quantize arguments with an already
         quantized model, a model that already has ancillary branches, no low-precision
         Conv2D/DepthwiseConv2D (e.g. only Dense layers are low precision), a low-precision conv
-        with its own non-linear activation (see the module docstring), or a low-precision conv
-        called more than once. Everything `quantize_model` raises.
+        with its own non-linear activation (see the module docstring), a low-precision conv
+        called more than once, or with ``branch_norm=True`` a low-precision conv whose output
+        feeds anything but one BatchNormalization. Everything `quantize_model` raises.
     """
     _checks.keras_object("add_ancillary", "model", model, keras.Model)
     if isinstance(kernel_size, bool) or kernel_size not in _KERNEL_SIZES:
@@ -370,10 +396,9 @@ def add_ancillary(
             f"add_ancillary: `kernel_size` must be one of {_KERNEL_SIZES} (None: the conv's own "
             f"kernel size; 1: the 1x1 variant), received {kernel_size!r}."
         )
-    if not isinstance(per_layer_scale, bool):
-        raise ValueError(
-            f"add_ancillary: `per_layer_scale` must be True or False, received {per_layer_scale!r}."
-        )
+    for name, value in (("per_layer_scale", per_layer_scale), ("branch_norm", branch_norm)):
+        if not isinstance(value, bool):
+            raise ValueError(f"add_ancillary: `{name}` must be True or False, received {value!r}.")
     unknown = sorted(set(quantize_kwargs) - set(_QUANTIZE_ARGUMENTS))
     if unknown:
         raise ValueError(
@@ -388,7 +413,7 @@ def add_ancillary(
                 "add_ancillary: `kernel_initializer` must be None or a Keras initializer, "
                 f"received {kernel_initializer!r}."
             ) from error
-    if ancillary_scales(model) or any(isinstance(layer, _TWINS) for layer in model.layers):
+    if ancillary_scales(model) or any(isinstance(layer, _BRANCH_LAYERS) for layer in model.layers):
         raise ValueError(
             f"add_ancillary: model '{model.name}' already has ancillary branches. Pass the float "
             "model (or `strip_ancillary(model)`)."
@@ -443,8 +468,34 @@ def add_ancillary(
             f"add_ancillary: low-precision conv layer(s) {shared} are called more than once "
             "(shared layers); each must be called exactly once."
         )
+    # The point where each branch joins: the conv's output, or (branch_norm) its BatchNorm's.
+    norms: dict[str, dict] = {}
+    if branch_norm:
+        for layer in targets:
+            readers = [
+                entry
+                for entry in config["layers"]
+                if layer.name in _graph.inbound_names(entry, "add_ancillary")
+            ]
+            inner = readers[0] if len(readers) == 1 else None
+            if inner is not None and inner["class_name"] == "QuantizeWrapperV2":
+                inner = inner["config"]["layer"]
+            if inner is None or inner["class_name"] != "BatchNormalization":
+                raise ValueError(
+                    f"add_ancillary: branch_norm=True joins each ancillary branch after its "
+                    f"conv's BatchNormalization, but the output of low-precision conv "
+                    f"'{layer.layer.name}' feeds {[r['name'] for r in readers]}. Allowed: convs "
+                    "followed by exactly one BatchNormalization; use branch_norm=False, or keep "
+                    "the layer float with skip=."
+                )
+            norms[layer.name] = readers[0]
+    joins = {
+        layer.name: norms[layer.name]["name"] if branch_norm else layer.name for layer in targets
+    }
     existing = set(by_name)
     new_names = [f"ancillary_{layer.layer.name}" for layer in targets]
+    if branch_norm:
+        new_names += [f"ancillary_bn_{layer.layer.name}" for layer in targets]
     new_names += (
         [f"ancillary_scale_{layer.layer.name}" for layer in targets]
         if per_layer_scale
@@ -457,7 +508,7 @@ def add_ancillary(
             "add_ancillary needs for the ancillary branches. Rename them."
         )
 
-    # Consumers of each wrapper's output read the scaled sum instead.
+    # Consumers of each join point (wrapper or its BatchNorm) read the scaled sum instead.
     scale_names = [
         f"ancillary_scale_{layer.layer.name}" if per_layer_scale else "ancillary_scale"
         for layer in targets
@@ -467,7 +518,7 @@ def add_ancillary(
     for layer, scale_name in zip(targets, scale_names, strict=True):
         node = nodes_per_scale.get(scale_name, 0)
         nodes_per_scale[scale_name] = node + 1
-        mapping[(layer.name, 0)] = [scale_name, node, 0]
+        mapping[(joins[layer.name], 0)] = [scale_name, node, 0]
     _graph.rewire(config, mapping)
 
     scale_configs: dict[str, dict] = {}
@@ -485,6 +536,22 @@ def add_ancillary(
         twin_config["inbound_nodes"] = copy.deepcopy(wrapper_config["inbound_nodes"])
         position = config["layers"].index(wrapper_config) + 1
         config["layers"].insert(position, twin_config)
+        branch_end = twin.name
+        if branch_norm:
+            norm = norms[layer.name]
+            inner_norm = norm["config"].get("layer", norm)  # inside a QuantizeWrapper or not
+            branch_end = f"ancillary_bn_{layer.layer.name}"
+            norm_config = {
+                **keras.layers.serialize(
+                    AncillaryBatchNormalization.from_config(
+                        {**inner_norm["config"], "name": branch_end}
+                    )
+                ),
+                "name": branch_end,
+                "inbound_nodes": [[_graph.reference(twin.name)]],
+            }
+            config["layers"].insert(position + 1, norm_config)
+            position = config["layers"].index(norm) + 1  # the sum follows the conv's BatchNorm
         if scale_name not in scale_configs:
             scale_config = keras.layers.serialize(AncillaryScale(name=scale_name))
             scale_config["name"] = scale_name
@@ -492,7 +559,7 @@ def add_ancillary(
             scale_configs[scale_name] = scale_config
             config["layers"].insert(position + 1, scale_config)
         scale_configs[scale_name]["inbound_nodes"].append(
-            [_graph.reference(layer.name), _graph.reference(twin.name)]
+            [_graph.reference(joins[layer.name]), _graph.reference(branch_end)]
         )
     return _graph.rebuild(config, quantized)
 
@@ -505,11 +572,12 @@ def strip_ancillary(model: keras.Model, force: bool = False) -> keras.Model:
     """Remove the ancillary branches: exactly the low-precision network, with its trained weights.
 
     Zhou et al., arXiv:1905.11781: once λ = 0, y = conv_lp(x) + 0·conv_fp(x) = conv_lp(x), so
-    dropping every conv_fp and `AncillaryScale` leaves a network with the outputs of the
-    expanded one. The result has the layer names, order and weight shapes of
-    ``quantize_model(float_model, ...)`` with the arguments given to `add_ancillary`, and the
-    expanded model's weights for those layers (kernels, quantizer ranges, BatchNorm statistics),
-    so `apprentice_tf.tflite.convert` writes the same tensors as for the plain quantized model.
+    dropping every conv_fp (with its `AncillaryBatchNormalization`, if any) and `AncillaryScale`
+    leaves a network with the outputs of the expanded one. The result has the layer names, order
+    and weight shapes of ``quantize_model(float_model, ...)`` with the arguments given to
+    `add_ancillary`, and the expanded model's weights for those layers (kernels, quantizer
+    ranges, BatchNorm statistics), so `apprentice_tf.tflite.convert` writes the same tensors as
+    for the plain quantized model.
 
     Args:
       model: a model returned by `add_ancillary` (or loaded from one). Not modified.
@@ -544,18 +612,18 @@ def strip_ancillary(model: keras.Model, force: bool = False) -> keras.Model:
             stacklevel=2,
         )
     config = model.get_config()
-    twins = {layer.name for layer in model.layers if isinstance(layer, _TWINS)}
-    removed = twins | set(values)
+    branch_layers = {layer.name for layer in model.layers if isinstance(layer, _BRANCH_LAYERS)}
+    removed = branch_layers | set(values)
     mapping: dict[tuple[str, int], list] = {}
     for layer in config["layers"]:
         if layer["name"] not in values:
             continue
         for index, node in enumerate(layer["inbound_nodes"]):
             low, ancillary = node
-            if ancillary[0] not in twins or low[0] in removed:
+            if ancillary[0] not in branch_layers or low[0] in removed:
                 raise ValueError(
                     f"strip_ancillary: AncillaryScale '{layer['name']}' is not applied to "
-                    f"[low-precision output, ancillary twin] (received {node}); the model was "
+                    f"[low-precision output, ancillary branch] (received {node}); the model was "
                     "not made by add_ancillary."
                 )
             mapping[(layer["name"], index)] = low

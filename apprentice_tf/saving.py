@@ -25,6 +25,7 @@ import tensorflow_model_optimization as tfmot
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.losses import AttentionTransfer
 from apprentice_tf.progressive import (
+    AncillaryBatchNormalization,
     AncillaryConv2D,
     AncillaryDecay,
     AncillaryDepthwiseConv2D,
@@ -56,6 +57,7 @@ SERIALISABLE: tuple[type, ...] = (
     AncillaryScale,
     AncillaryConv2D,
     AncillaryDepthwiseConv2D,
+    AncillaryBatchNormalization,
     AncillaryDecay,
     Distiller,
     AttentionTransfer,

@@ -23,7 +23,12 @@ C_<variant>       scheme C's distilled row again with one setting changed (`C_VA
 B_seed<s>         scheme B, ternary W2A8, from scratch: alone and distilled from the frozen
                   teacher, one group per seed of ``--seeds``
 B_4bit            scheme B with W4A8 (4-bit weights): alone and distilled
-progressive       ternary W2A8 with progressive ancillary branches (no distillation)
+progressive       ternary W2A8 with progressive ancillary branches (no distillation): our form,
+                  y = conv_lp(x) + λ·conv_fp(x) before the conv's BatchNorm, λ linear to 0 at half
+                  of training
+progressive_authors  the same with the form of the authors' code (METHODS.md §2): each branch
+                  has its own BatchNorm and joins after the conv's, λ cosine to 0 over the first
+                  quarter of training
 progressive_B     the same, distilled from the teacher
 A                 scheme A: ternary student and teacher trained together from scratch
 HAKD              the float CIFAR ResNet student HAKD selects under ``--hakd_budget_ms`` (LiteRT,
@@ -318,7 +323,7 @@ def _apprentice(scheme: str, bits: str, work: Path, **overrides: Any) -> dict[st
     return apprentice.run(apprentice.ApprenticeConfig(**settings))
 
 
-def _progressive(work: Path, with_teacher: bool) -> dict[str, Any]:
+def _progressive(work: Path, with_teacher: bool, **overrides: Any) -> dict[str, Any]:
     f = flags.FLAGS
     teacher = {}
     if with_teacher:
@@ -336,6 +341,7 @@ def _progressive(work: Path, with_teacher: bool) -> dict[str, Any]:
             threads=f.threads,
             verbose=2,
             **teacher,
+            **overrides,
         )
     )
 
@@ -485,6 +491,15 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
         name = "ternary W2A8 progressive" + (" + KD scheme B" if with_teacher else "")
         return [_row(row, name, results["curves"]["progressive"], work, "progressive")]
 
+    def progressive_authors() -> list[dict[str, Any]]:
+        work = work_dir / "progressive_authors"
+        results = _progressive(
+            work, False, branch_norm=True, decay_schedule="cosine", decay_end_fraction=0.25
+        )
+        row = _by_scheme(results)["progressive"]
+        name = "ternary W2A8 progressive (authors' form)"
+        return [_row(row, name, results["curves"]["progressive"], work, "progressive")]
+
     def scheme_a() -> list[dict[str, Any]]:
         work = work_dir / "A"
         results = _apprentice("A", "ternary", work, baseline=False)
@@ -558,6 +573,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
     plan += [
         ("B_4bit", lambda: scheme_b("4", 0, work_dir / "B_4bit")),
         ("progressive", lambda: progressive_group(False)),
+        ("progressive_authors", progressive_authors),
         ("progressive_B", lambda: progressive_group(True)),
         ("A", scheme_a),
         ("HAKD", hakd_group),

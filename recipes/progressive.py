@@ -8,7 +8,11 @@ dense kept float) is trained twice on the same budget, data order and seed:
 - stage ``progressive``: every low-precision conv gets a full-precision twin,
   y = conv_lp(x) + λ·conv_fp(x) (`apprentice_tf.progressive.add_ancillary`), λ goes from 1 to
   exactly 0 at ``decay_end_fraction`` of the training steps (`AncillaryDecay`, ``by="step"``),
-  training continues with λ = 0, and the twins are removed (`strip_ancillary`).
+  training continues with λ = 0, and the twins are removed (`strip_ancillary`). With
+  ``--branch_norm`` each twin has its own BatchNormalization and joins after the conv's,
+  y = BN(conv_lp(x)) + λ·BN_fp(conv_fp(x)): the form of the authors' code (EXP-Net), which also
+  decays λ by a cosine over the first quarter of training (``--decay_schedule=cosine
+  --decay_end_fraction=0.25``).
 
 With ``--teacher`` both stages are distilled (`apprentice_tf.distiller.Distiller`, the Apprentice
 loss with the paper's weights) from a full-precision ResNet trained first as stage ``teacher``
@@ -100,6 +104,8 @@ class ProgressiveConfig:
       decay_schedule: λ's decay law, one of `apprentice_tf.progressive.SCHEDULES`.
       decay_end_fraction: λ reaches exactly 0 after this fraction of the training steps, in (0, 1].
       kernel_size: None (ancillary twin has the conv's kernel size) or 1 (1×1 twin).
+      branch_norm: each twin gets its own BatchNormalization and joins after the conv's
+        (`apprentice_tf.progressive.add_ancillary`'s ``branch_norm``).
       teacher: "" (no distillation) or a CIFAR ResNet name for the full-precision teacher.
       teacher_width: the teacher's width multiplier.
       teacher_checkpoint: "" (train the teacher as stage "teacher") or a teacher's weights
@@ -126,6 +132,7 @@ class ProgressiveConfig:
     decay_schedule: str = "linear"
     decay_end_fraction: float = 0.5
     kernel_size: int | None = None
+    branch_norm: bool = False
     teacher: str = ""
     teacher_width: float = 1.0
     teacher_checkpoint: str = ""
@@ -159,6 +166,7 @@ _HELP: dict[str, str] = {
     "decay_schedule": f"One of {list(progressive.SCHEDULES)}.",
     "decay_end_fraction": "λ reaches 0 after this fraction of the training steps, in (0, 1].",
     "kernel_size": "Unset: twins copy the kernel size; 1: 1x1 twins.",
+    "branch_norm": "Twins get their own BatchNorm and join after the conv's (authors' form).",
     "teacher": "Empty, or a CIFAR ResNet teacher name.",
     "teacher_width": "Teacher width multiplier.",
     "teacher_checkpoint": "Trained teacher (else trained).",
@@ -417,6 +425,7 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
     expanded = progressive.add_ancillary(
         build_resnet(config.model, config.width, num_classes),
         kernel_size=config.kernel_size,
+        branch_norm=config.branch_norm,
         **quantize_kwargs,
     )
     decay = progressive.AncillaryDecay(config.decay_schedule, end_step=end_step, by="step")
@@ -464,6 +473,7 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
         "ancillary": {
             "branches": len(twins),
             "kernel_size": config.kernel_size,
+            "branch_norm": config.branch_norm,
             "parameters_expanded": int(expanded.count_params()),
             "parameters_deployed": int(stripped.count_params()),
         },

@@ -11,6 +11,7 @@ from apprentice_tf import progressive, saving, tflite
 from apprentice_tf.compat import keras
 from apprentice_tf.distiller import Distiller
 from apprentice_tf.progressive import (
+    AncillaryBatchNormalization,
     AncillaryConv2D,
     AncillaryDecay,
     AncillaryDepthwiseConv2D,
@@ -125,6 +126,16 @@ def _kernel(model: keras.Model, layer_name: str) -> np.ndarray:
     return model.get_layer(layer_name).trainable_weights[0].numpy().copy()
 
 
+def _conv_into_add() -> keras.Model:
+    """A low-precision conv whose output goes straight into an Add (no BatchNormalization)."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="conv2")(x)
+    y = keras.layers.Add(name="add")([x, y])
+    y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
+    return keras.Model(inputs, keras.layers.Dense(2, name="logits")(y), name="conv_into_add")
+
+
 # ------------------------------------------------------------------------------------------------
 # Structure
 
@@ -167,6 +178,45 @@ def test_expand_then_strip_gives_quantize_model_topology(
     at_zero = expanded(x, training=False).numpy()
     assert np.max(np.abs(stripped(x, training=False).numpy() - at_zero)) < 1e-5
     assert np.max(np.abs(with_branches - at_zero)) > 1e-3  # λ = 1 did change the outputs
+
+
+def test_branch_norm_joins_after_the_convs_batchnorm_and_strips_to_quantize_model(shared):
+    model = shared("float")
+    expanded = _compile(add_ancillary(model, branch_norm=True))
+    by_name = {layer.name: layer for layer in expanded.layers}
+    for conv in LOW_PRECISION_CONVS:
+        norm = by_name[f"ancillary_bn_{conv}"]
+        assert isinstance(norm, AncillaryBatchNormalization)
+        assert norm.input.node.layer.name == f"ancillary_{conv}"  # BN_fp(conv_fp(x))
+    # y = BN(conv_lp(x)) + λ·BN_fp(conv_fp(x)); what read BN(conv_lp(x)) reads the sum.
+    scale = by_name["ancillary_scale"]
+    joined = {  # branch -> the layer it joins (tfmot wraps a BatchNorm that feeds an Add)
+        node.inbound_layers[1].name: node.inbound_layers[0].name for node in scale.inbound_nodes
+    }
+    assert {branch: main.removeprefix("quant_") for branch, main in joined.items()} == {
+        "ancillary_bn_conv2": "bn2",
+        "ancillary_bn_dw": "bn3",
+        "ancillary_bn_conv3": "bn_shortcut",
+    }
+    for main in joined.values():
+        assert {node.layer.name for node in by_name[main].outbound_nodes} == {"ancillary_scale"}
+
+    x, y = _data(16)
+    expanded.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[AncillaryDecay("cosine", end_step=2, by="step")],
+    )
+    assert get_ancillary_scale(expanded) == [0.0]
+    stripped = strip_ancillary(expanded)
+    assert _structure(stripped) == _structure(shared("quantized"))
+    assert not [w.name for w in stripped.weights if "ancillary" in w.name]
+    expected = expanded.predict(x, verbose=0)
+    assert np.max(np.abs(stripped.predict(x, verbose=0) - expected)) < 1e-5
 
 
 def test_one_by_one_valid_twin_sees_window_centres():
@@ -317,8 +367,9 @@ def test_distiller_drives_lambda_of_expanded_student():
 # Saving, restoring, deployment
 
 
-def test_save_load_keeps_lambda_and_branches(shared, tmp_path):
-    expanded = add_ancillary(shared("float"), kernel_size=1)
+@pytest.mark.parametrize("branch_norm", [False, True])
+def test_save_load_keeps_lambda_and_branches(shared, tmp_path, branch_norm):
+    expanded = add_ancillary(shared("float"), kernel_size=1, branch_norm=branch_norm)
     set_ancillary_scale(expanded, 0.3)
     path = tmp_path / "expanded.keras"
     expanded.save(path)
@@ -423,6 +474,12 @@ BAD_MODEL_CALLS = [
     ("folded", lambda m: add_ancillary(m), r"\['conv2'\] apply a non-linear activation"),
     ("float", lambda m: add_ancillary(m, kernel_size=3), r"`kernel_size`.*\(None, 1\).*received 3"),
     ("float", lambda m: add_ancillary(m, per_layer_scale="yes"), r"`per_layer_scale`.*'yes'"),
+    ("float", lambda m: add_ancillary(m, branch_norm=1), r"`branch_norm`.*True or False.*1"),
+    (
+        "conv_into_add",
+        lambda m: add_ancillary(m, branch_norm=True),
+        r"branch_norm=True .* conv 'conv2' feeds \['add'\].*branch_norm=False",
+    ),
     ("float", lambda m: add_ancillary(m, weight_bit=2), r"unknown argument.*weight_bit.*allowed"),
     ("float", lambda m: add_ancillary(m, kernel_initializer="nope"), r"`kernel_initializer`"),
     ("float", lambda m: add_ancillary(m, weight_bits=3), r"`weight_bits` must be one of"),
@@ -438,7 +495,11 @@ BAD_MODEL_CALLS = [
 
 @pytest.mark.parametrize("kind, call, message", BAD_MODEL_CALLS)
 def test_bad_model_input_raises_and_leaves_model_unchanged(shared, kind, call, message):
-    builders = {"dense_only": _dense_only_low_precision, "folded": _folded_relu}
+    builders = {
+        "dense_only": _dense_only_low_precision,
+        "folded": _folded_relu,
+        "conv_into_add": _conv_into_add,
+    }
     model = builders[kind]() if kind in builders else shared(kind)
     before = _snapshot(model)
     with pytest.raises(ValueError, match=message):
@@ -508,6 +569,7 @@ def test_step_callback_needs_an_optimizer(shared):
         lambda: AncillaryScale(initial_value=0.5, name="scale"),
         lambda: AncillaryConv2D(4, 3, strides=2, padding="valid", crop=((1, 1), (0, 2))),
         lambda: AncillaryDepthwiseConv2D(1, depth_multiplier=2, crop=((1, 0), (1, 0))),
+        lambda: AncillaryBatchNormalization(momentum=0.9, epsilon=1e-5, name="bn"),
     ],
 )
 def test_layer_config_json_round_trip(build):

@@ -249,12 +249,14 @@ def test_flags_become_config_fields(tmp_path):
         "--decay_schedule=cosine",
         "--decay_end_fraction=1",
         "--kernel_size=1",
+        "--branch_norm",
         "--teacher=resnet56",
         "--noaugment",
     )
     assert (config.weight_bits, config.activation_bits) == ("4", 4)
     assert (config.decay_schedule, config.decay_end_fraction) == ("cosine", 1.0)
     assert (config.kernel_size, config.teacher, config.augment) == (1, "resnet56", False)
+    assert config.branch_norm is True
     assert recipe.validate(config) == tmp_path / "out"
 
 
@@ -395,3 +397,29 @@ def test_one_by_one_twins_four_bit_cosine_to_the_end(tmp_path):
     low_precision = [w for w in weights if "/quant_" in w.name.split(";")[0]]
     assert len(low_precision) == RESNET8_LOW_PRECISION_CONVS
     assert all(w.levels <= 15 and not w.dtype.startswith("FLOAT") for w in low_precision)
+
+
+@pytest.mark.slow
+def test_authors_form_branch_norm_with_cosine_over_the_first_quarter(tmp_path):
+    config = recipe.ProgressiveConfig(
+        **TINY,
+        branch_norm=True,
+        decay_schedule="cosine",
+        decay_end_fraction=0.25,
+        plain=False,
+        output_dir=str(tmp_path / "out"),
+    )
+    results = recipe.run(config)
+    assert results["decay"]["end_step"] == 2
+    assert results["lambda"]["progressive"] == [0.0, 0.0]
+    ancillary = results["ancillary"]
+    assert ancillary["branch_norm"] is True
+    # The twins (4608 + 160 weights, as in the test above), a BatchNorm of 4 vectors per twin
+    # channel (4 + 4 + 8 + 8 + 16 + 16 block channels, 8 + 16 projection channels: 80), one λ.
+    twins_and_norms = ancillary["parameters_expanded"] - ancillary["parameters_deployed"]
+    assert twins_and_norms == 4608 + 160 + 4 * 80 + 1
+    weights = tflite.inspect(tmp_path / "out" / "progressive.tflite")
+    low_precision = [w for w in weights if "/quant_" in w.name.split(";")[0]]
+    assert len(low_precision) == RESNET8_LOW_PRECISION_CONVS
+    assert all(w.levels <= 3 and not w.dtype.startswith("FLOAT") for w in low_precision)
+    assert not [w for w in weights if "ancillary" in w.name]

@@ -81,6 +81,7 @@ def test_custom_objects_knows_progressive_layers_and_the_distiller():
         atf.progressive.AncillaryScale,
         atf.progressive.AncillaryConv2D,
         atf.progressive.AncillaryDepthwiseConv2D,
+        atf.progressive.AncillaryBatchNormalization,
         atf.progressive.AncillaryDecay,
         atf.Distiller,
         atf.losses.AttentionTransfer,
