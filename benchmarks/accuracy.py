@@ -123,6 +123,12 @@ flags.DEFINE_bool(
     "pack each unfinished group's work directory into <artifacts_dir>/resume/<group>.tar.gz "
     "(stop the running study first) and exit",
 )
+flags.DEFINE_bool(
+    "report",
+    False,
+    "print the table and the gap recovered from the JSON as it stands and exit (trains, times "
+    "and writes nothing; safe while the study runs)",
+)
 flags.DEFINE_string(
     "artifacts_dir",
     "",
@@ -667,6 +673,11 @@ def main(argv: list[str]) -> None:
     work_dir = Path(f.work_dir)
     output = Path(f.output)
     table: dict[str, Any] = json.loads(output.read_text()) if output.exists() else {}
+    if f.report:
+        if not table:
+            raise SystemExit(f"error: --report: {output} does not exist yet.")
+        print_report(table)
+        return
     budget = _budget()
     if table.get("budget", budget) != budget:
         raise SystemExit(
@@ -717,12 +728,19 @@ def main(argv: list[str]) -> None:
             "alternating rounds of 100 invokes)"
         )
     reporting.write_json(output, table)
+    print_report(table)
+
+
+def print_report(table: dict[str, Any]) -> None:
+    """Print the machine line, the table of every row and the gap recovered per scheme (computed
+    again from the rows, so an older JSON is reported with today's pairing)."""
     if "machine" in table:
         machine = table["machine"]
         print(
             f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TF {machine['tensorflow']}, "
-            f"{machine['date']}. Budget: {budget}"
+            f"{machine['date']}. Budget: {table['budget']}"
         )
+    rows = [dict(row) for group in table.get("groups", {}).values() for row in group]
     for row in rows:
         row["agreement_top1"] = row["agreement"]["top1_agreement"]
     print(
@@ -743,12 +761,13 @@ def main(argv: list[str]) -> None:
         )
     )
     print()
-    for gain in table["gap_recovered"]:
+    gains = gap_recovered(rows, table["budget"]["student"]) if rows else []
+    for gain in gains:
         print(
             f"scheme {gain['scheme']}: gap recovered {_format_mean_std(gain['recovered'])}, "
             f"gain {_format_mean_std(gain['gain_points'])} points (goal: recovered >= 0.5)"
         )
-    if not table["gap_recovered"]:
+    if not gains:
         print("Gap recovered: not yet measurable (needs the float row and a KD/alone pair).")
 
 

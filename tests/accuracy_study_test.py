@@ -12,6 +12,7 @@ from benchmarks.accuracy import (
     gap_recovered,
     keep_artifacts,
     pack_resume,
+    print_report,
     record_provenance,
     resume_archive,
     row_file_name,
@@ -149,3 +150,27 @@ def test_provenance_comes_from_the_recipes_results_and_is_recorded_once(tmp_path
     )
     record_provenance("B_seed0", distilled, work, kept)  # a later sitting: kept as recorded
     assert distilled[0]["machine"]["cpu_family_model"] == "25/17"
+
+
+def test_report_prints_every_row_and_the_gain_computed_from_the_rows(capsys):
+    def row(name, top1, seed=0):
+        return {
+            "row": name,
+            "seed": seed,
+            "tflite_top1": top1,
+            "keras_top1": top1,
+            "agreement": {"top1_agreement": 1.0},
+        }
+
+    table = {
+        "budget": {"student": "resnet20"},
+        "groups": {
+            "float": [row("float resnet20", 0.90)],
+            "B_seed0": [row("ternary W2A8 alone", 0.80), row("ternary W2A8 + KD scheme B", 0.86)],
+        },
+        "gap_recovered": [],  # stale: the report computes it again
+    }
+    print_report(table)
+    printed = capsys.readouterr().out
+    assert "| ternary W2A8 + KD scheme B | 0 | 0.8600 | 0.8600 |" in printed
+    assert "scheme B: gap recovered 0.600, gain 6.000 points" in printed
