@@ -18,8 +18,12 @@ C                 scheme C: the float student lowered to ternary W2A8 and fine-t
 C_seed<s>         the same two C rows with the other seeds of ``--seeds`` (C is cheap: its
                   seeds measure how much of a small difference is noise)
 C_<variant>       scheme C's distilled row again with one setting changed (`C_VARIANTS`:
-                  temperature, the distillation weight γ, the weaker 15-epoch teacher), each
-                  against C's baseline of seed 0: what the investigation of a missed goal tried
+                  temperature, the distillation weight γ, the weaker 15-epoch teacher, the
+                  stronger teacher of ``teacher_restart2``), each against C's baseline of seed 0:
+                  what the investigation of a missed goal tried
+teacher_restart2  the restarted teacher trained `SECOND_RESTART_EPOCHS` more from its weights
+                  (a second warm restart): does a stronger teacher distil better? (before
+                  ``C_teacher_restart2``, which distils from it)
 B_seed<s>         scheme B, ternary W2A8, from scratch: alone and distilled from the frozen
                   teacher, one group per seed of ``--seeds``
 B_4bit            scheme B with W4A8 (4-bit weights): alone and distilled
@@ -147,9 +151,13 @@ C_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "tau4": ("τ=4", {"temperature": 4.0}),
     "gamma1": ("γ=1", {"gamma": 1.0}),
     "teacher15": ("15-epoch teacher", {"teacher": "teacher"}),
+    "teacher_restart2": ("teacher restarted twice", {"teacher": "teacher_restart2"}),
 }
+#: Epochs of the teacher's second warm restart (group ``teacher_restart2``), at
+#: ``--teacher_restart_lr``: the stronger teacher the investigation of a missed goal tries.
+SECOND_RESTART_EPOCHS = 30
 #: Groups trained by `recipes.pretrain`, whose weights later groups start from.
-FLOAT_GROUPS = ("float", "teacher", "teacher_restart")
+FLOAT_GROUPS = ("float", "teacher", "teacher_restart", "teacher_restart2")
 #: The files of a float group kept among the artifacts (as `recipes.pretrain` names them).
 FLOAT_GROUP_FILES = ("float.weights.h5", "float.csv", "results.json")
 
@@ -436,6 +444,19 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
         name = f"teacher {f.teacher} (float, {f.epochs} + {f.teacher_restart_epochs} epochs)"
         return [_row(results["rows"][0], name, results["val_accuracy"], work, "float")]
 
+    def teacher_restart2_group() -> list[dict[str, Any]]:
+        work = work_dir / "teacher_restart2"
+        results = _pretrain(
+            f.teacher,
+            work,
+            epochs=SECOND_RESTART_EPOCHS,
+            learning_rate=f.teacher_restart_lr,
+            initial_weights=_float_weights("teacher_restart"),
+        )
+        total = f.epochs + f.teacher_restart_epochs + SECOND_RESTART_EPOCHS
+        name = f"teacher {f.teacher} (float, {total} epochs: a second restart)"
+        return [_row(results["rows"][0], name, results["val_accuracy"], work, "float")]
+
     def scheme_c(group: str, seed: int = 0) -> list[dict[str, Any]]:
         work = work_dir / group
         results = _apprentice(
@@ -567,7 +588,9 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
     plan.append(("C", lambda: scheme_c("C")))
     for seed in (s for s in seeds if s != 0):  # C itself is seed 0
         plan.append((f"C_seed{seed}", lambda seed=seed: scheme_c(f"C_seed{seed}", seed)))
-    for key in C_VARIANTS:
+    for key, (_, changes) in C_VARIANTS.items():
+        if changes.get("teacher") == "teacher_restart2":
+            plan.append(("teacher_restart2", teacher_restart2_group))
         plan.append((f"C_{key}", lambda key=key: scheme_c_variant(key)))
     for seed in seeds:
         plan.append(
