@@ -105,18 +105,26 @@ def plot_accuracy_vs_size(
     accuracy_key: str = "tflite_top1",
     label_key: str = "scheme",
 ) -> Path:
-    """Accuracy against model size (log scale), one labelled point per row, as a PNG."""
-    fig = Figure(figsize=(6, 4))
+    """Accuracy against model size (log scale) as a PNG: one marker per row, named in a legend
+    below the axes (rows of equal size, e.g. every ternary student, would overlap as labels)."""
+    plotted = [r for r in rows if r.get(size_key) is not None and r.get(accuracy_key) is not None]
+    fig = Figure(figsize=(7, 4.5 + 0.22 * len(plotted)))
     ax = fig.subplots()
-    for row in rows:
-        if row.get(size_key) is None or row.get(accuracy_key) is None:
-            continue
-        ax.scatter(row[size_key], row[accuracy_key])
-        ax.annotate(str(row.get(label_key, "")), (row[size_key], row[accuracy_key]), fontsize=8)
+    markers = "osD^vP*X<>"
+    for index, row in enumerate(plotted):
+        ax.scatter(
+            row[size_key],
+            row[accuracy_key],
+            marker=markers[index % len(markers)],
+            s=45,
+            label=str(row.get(label_key, "")),
+        )
     ax.set_xscale("log")
     ax.set_xlabel(f"{size_key} (bytes)")
     ax.set_ylabel(accuracy_key)
     ax.grid(alpha=0.3)
+    if plotted:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
