@@ -75,6 +75,8 @@ def test_gap_recovered_pairs_each_distilled_row_with_its_seeds_baseline():
         {"row": "ternary W2A8 + KD scheme C", "seed": 1, "tflite_top1": 0.87},
         {"row": "ternary W2A8 + KD scheme C (τ=2)", "seed": 0, "tflite_top1": 0.88},
         {"row": "ternary W2A8 + KD scheme C (τ=4)", "seed": 2, "tflite_top1": 0.88},  # no baseline
+        {"row": "ternary W2A8 + KD scheme B (τ=4)", "seed": 0, "tflite_top1": 0.81},
+        {"row": "ternary W2A8 + KD scheme B (τ=4)", "seed": 1, "tflite_top1": 0.88},
     ]
     by_scheme = {gain["scheme"]: gain for gain in gap_recovered(rows, "resnet20")}
 
@@ -89,6 +91,9 @@ def test_gap_recovered_pairs_each_distilled_row_with_its_seeds_baseline():
     assert by_scheme["C (τ=2)"]["recovered"]["mean"] == pytest.approx(0.5)
     assert by_scheme["C (τ=2)"]["gain_points"]["n"] == 1
     assert "C (τ=4)" not in by_scheme
+    # A B variant is paired with the ternary baseline of its seed: 0.1 (seed 0), 0.75 (seed 1).
+    assert by_scheme["B (τ=4)"]["per_seed"] == pytest.approx([0.1, 0.75])
+    assert by_scheme["B (τ=4)"]["gain_points"]["mean"] == pytest.approx(3.5)
     assert gap_recovered(rows[1:], "resnet20") == []  # no float row: nothing to measure against
 
 
