@@ -74,17 +74,41 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot_curves(
-    curves: Mapping[str, Sequence[float]],
+    curves: Mapping[str, Sequence[float] | Sequence[Sequence[float]]],
     path: str | os.PathLike,
     ylabel: str = "test top-1",
     xlabel: str = "epoch",
     title: str | None = None,
 ) -> Path:
-    """One line per named series (e.g. validation accuracy per epoch of each run), as a PNG."""
+    """One line per named series (e.g. validation accuracy per epoch of each run), as a PNG.
+
+    A series given as several runs of equal length (e.g. one curve per seed) is drawn as their
+    mean, ȳ_e = (1/n)·Σ_i y_{i,e}, with a shaded band from min_i y_{i,e} to max_i y_{i,e}; its
+    legend entry says how many runs it averages.
+
+    Raises:
+      ValueError: the runs of one series differ in length.
+    """
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        if values and isinstance(values[0], Sequence):
+            lengths = {len(run) for run in values}
+            if len(lengths) != 1:
+                raise ValueError(
+                    f"plot_curves: the runs of series {name!r} have lengths {sorted(lengths)}; "
+                    "pass runs of equal length (or each run as its own series)."
+                )
+            runs = np.asarray(values, dtype=float)
+            epochs = range(1, runs.shape[1] + 1)
+            label = name if len(runs) == 1 else f"{name} (mean of {len(runs)}, min–max)"
+            (line,) = ax.plot(epochs, runs.mean(axis=0), marker="o", label=label)
+            if len(runs) > 1:
+                ax.fill_between(
+                    epochs, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2
+                )
+        else:
+            ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -5,8 +5,8 @@
 Reads benchmarks/results/{step_cost,deploy,accuracy}.json (whichever exist) and writes
 step_cost.png (median ms per step, bars), latency_vs_size.png (LiteRT latency against file size
 per export), accuracy_vs_size.png (TFLite top-1 against ideal packed size per row) and
-ternary_curves.png (validation top-1 per epoch of ternary alone vs scheme B, every seed) beside
-them.
+ternary_curves.png (validation top-1 per epoch of ternary alone vs scheme B and its variants:
+the mean over seeds with a min–max band) beside them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from matplotlib.figure import Figure
 from apprentice_tf import reporting
 
 RESULTS = Path("benchmarks/results")
+
+
+#: Rows of the study drawn in ternary_curves.png (with their variants, e.g. "... scheme B (τ=4)").
+CURVE_ROWS = ("ternary W2A8 alone", "ternary W2A8 + KD scheme B")
 
 
 def step_cost_bars(payload: dict, path: Path) -> Path:
@@ -86,11 +90,10 @@ def main(argv: list[str]) -> None:
                 labelled, RESULTS / "accuracy_vs_size.png", label_key="label"
             )
         )
-        curves = {
-            f"{row['row']} (seed {row['seed']})": row["curve"]
-            for row in rows
-            if row["row"] in ("ternary W2A8 alone", "ternary W2A8 + KD scheme B") and row["curve"]
-        }
+        curves: dict[str, list[list[float]]] = {}
+        for row in rows:  # every seed of a row: its mean and min–max band
+            if row["row"].startswith(CURVE_ROWS) and row["curve"]:
+                curves.setdefault(row["row"], []).append(row["curve"])
         if curves:
             written.append(
                 reporting.plot_curves(

@@ -97,8 +97,13 @@ def test_plots_write_pngs_without_pyplot(tmp_path):
     curves = reporting.plot_curves({"a": [0.1, 0.5]}, tmp_path / "c.png")
     rows = [{"packed_bytes": 100, "tflite_top1": 0.5, "scheme": "B"}]
     scatter = reporting.plot_accuracy_vs_size(rows, tmp_path / "s.png")
-    for path in (curves, scatter):
+    seeds = reporting.plot_curves(
+        {"a": [[0.1, 0.5], [0.2, 0.4]], "b": [0.3, 0.6]}, tmp_path / "m.png"
+    )
+    for path in (curves, scatter, seeds):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="'a' have lengths \\[1, 2\\]"):
+        reporting.plot_curves({"a": [[0.1, 0.5], [0.2]]}, tmp_path / "bad.png")
 
 
 # ------------------------------------------------------------------------------------------------
