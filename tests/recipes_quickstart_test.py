@@ -78,6 +78,7 @@ def test_rerun_loads_the_finished_fine_tuning(quick, capsys):
         ({"epochs": 0}, "--epochs must be > 0"),
         ({"seeds": (0, 0)}, "--seeds must be distinct"),
         ({"calibration_steps": -1}, "--calibration_steps must be an integer >= 0"),
+        ({"temperature": 0.0}, "--temperature must be > 0"),
         ({"teacher": "cifar10/resnet99"}, "the teacher: .*unknown network 'cifar10/resnet99'"),
     ],
 )
@@ -96,7 +97,10 @@ def test_bad_settings_stop_before_anything_is_written(tmp_path, overrides, messa
 def test_flags():
     flag_values = flags.FlagValues()
     quickstart.define_flags(flag_values)
-    flag_values(["quickstart", "--epochs=0.5", "--seeds=0,1,2", "--output_dir=x"])
+    flag_values(
+        ["quickstart", "--epochs=0.5", "--seeds=0,1,2", "--output_dir=x", "--temperature=4"]
+    )
     config = quickstart.config_from_flags(flag_values)
     assert (config.epochs, config.seeds, config.output_dir) == (0.5, (0, 1, 2), "x")
+    assert config.temperature == 4.0
     assert config.student == "cifar10/resnet20" and config.teacher == "cifar10/resnet56"
