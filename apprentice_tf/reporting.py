@@ -99,16 +99,14 @@ def plot_curves(
                     f"plot_curves: the runs of series {name!r} have lengths {sorted(lengths)}; "
                     "pass runs of equal length (or each run as its own series)."
                 )
-            runs = np.asarray(values, dtype=float)
-            epochs = range(1, runs.shape[1] + 1)
-            label = name if len(runs) == 1 else f"{name} (mean of {len(runs)}, min–max)"
-            (line,) = ax.plot(epochs, runs.mean(axis=0), marker="o", label=label)
-            if len(runs) > 1:
-                ax.fill_between(
-                    epochs, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2
-                )
-        else:
-            ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        runs = np.atleast_2d(np.asarray(values, dtype=float))  # one row per run
+        epochs = range(1, runs.shape[1] + 1)
+        label = name if len(runs) == 1 else f"{name} (mean of {len(runs)}, min–max)"
+        (line,) = ax.plot(epochs, runs.mean(axis=0), marker="o", label=label)
+        if len(runs) > 1:
+            ax.fill_between(
+                epochs, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2
+            )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

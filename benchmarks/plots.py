@@ -18,12 +18,13 @@ from absl import app
 from matplotlib.figure import Figure
 
 from apprentice_tf import reporting
+from benchmarks import accuracy as accuracy_study
 
 RESULTS = Path("benchmarks/results")
 
 
 #: Rows of the study drawn in ternary_curves.png (with their variants, e.g. "... scheme B (τ=4)").
-CURVE_ROWS = ("ternary W2A8 alone", "ternary W2A8 + KD scheme B")
+CURVE_ROWS = (accuracy_study.B_ALONE_ROW, accuracy_study.B_KD_ROW)
 
 
 def step_cost_bars(payload: dict, path: Path) -> Path:
