@@ -26,22 +26,29 @@ B_seed<s>         scheme B, ternary W2A8, from scratch: alone and distilled from
                   teacher, one group per seed of ``--seeds``
 B_<variant>       scheme B's distilled row again with one setting changed (`B_VARIANTS`), against
                   the ternary baseline of its seed, likewise on every seed where listed
-teacher_restart2  the restarted teacher trained `SECOND_RESTART_EPOCHS` more from its weights
-                  (a second warm restart): does a stronger teacher distil better? (before
-                  ``C_teacher_restart2``, which distils from it)
-B_4bit            scheme B with W4A8 (4-bit weights): alone and distilled
+B_4bit            scheme B with W4A8 (4-bit weights): alone and distilled (at `LATE_KD`'s τ)
 progressive       ternary W2A8 with progressive ancillary branches (no distillation): our form,
                   y = conv_lp(x) + λ·conv_fp(x) before the conv's BatchNorm, λ linear to 0 at half
                   of training
 progressive_authors  the same with the form of the authors' code (METHODS.md §2): each branch
                   has its own BatchNorm and joins after the conv's, λ cosine to 0 over the first
                   quarter of training
-progressive_B     the same, distilled from the teacher
-A                 scheme A: ternary student and teacher trained together from scratch
+progressive_B     our form again, distilled from the teacher (at `LATE_KD`'s τ)
+A                 scheme A: ternary student and teacher trained together from scratch (at
+                  `LATE_KD`'s τ)
 HAKD              the float CIFAR ResNet student HAKD selects under ``--hakd_budget_ms`` (LiteRT,
-                  batch 1, 1 thread), distilled from the teacher, against magnitude- and
-                  channel-pruned copies of the teacher at about the same measured latency
+                  batch 1, 1 thread), distilled from the teacher (at `LATE_KD`'s τ), against
+                  magnitude- and channel-pruned copies of the teacher at about the same measured
+                  latency
+teacher_restart2  the restarted teacher trained `SECOND_RESTART_EPOCHS` more from its weights
+                  (a second warm restart): does a stronger teacher distil better? (before
+                  ``C_teacher_restart2``, which distils from it; last, as an investigation of the
+                  missed teacher goal rather than a row the study needs)
 ================  =================================================================================
+
+The rows distilled before τ=4 stood out (scheme B and C on every seed, C's other variants) use
+the paper's τ=1; those that had not run yet (B_4bit, progressive_B, A, HAKD) use τ=4, and their
+names say so ("W4A8 + KD scheme B (τ=4)").
 
 Each group is one recipe run (`recipes.pretrain.run`, `recipes.apprentice.run`,
 `recipes.progressive.run`) in ``<work_dir>/<group>``, resumable epoch by epoch; when a group
@@ -168,6 +175,16 @@ B_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 #: ``B_<key>_seed<s>``): τ=4 gained 0.61 points in scheme C on seed 0, three times the spread of
 #: C's own rows over three seeds, the one setting so far whose gain stood out of the noise.
 VARIANTS_ON_EVERY_SEED = ("tau4",)
+#: The distillation setting (row label, `ApprenticeConfig` changes) of the groups that had not
+#: run when τ=4 stood out (B_4bit, progressive_B, A, HAKD): τ=4 recovered 94% of the gap in scheme
+#: B (two seeds) and turned C's loss into a gain, the one setting whose effect cleared the spread
+#: of the seeds. Their distilled rows' names end in `` (τ=4)``.
+LATE_KD: tuple[str, dict[str, Any]] = B_VARIANTS["tau4"]
+#: Row names of the 4-bit scheme-B group and of the other rows distilled at `LATE_KD`.
+W4_ALONE_ROW = f"{STUDENT_BITS['4']} alone"
+W4_KD_ROW = f"{STUDENT_BITS['4']} + KD scheme B ({LATE_KD[0]})"
+A_KD_ROW = f"ternary W2A8 + KD scheme A ({LATE_KD[0]})"
+PROGRESSIVE_KD_ROW = f"ternary W2A8 progressive + KD scheme B ({LATE_KD[0]})"
 #: Epochs of the teacher's second warm restart (group ``teacher_restart2``), at
 #: ``--teacher_restart_lr``: the stronger teacher the investigation of a missed goal tries.
 SECOND_RESTART_EPOCHS = 30
@@ -515,17 +532,26 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
     def variant_seeds(key: str) -> list[int]:
         return seeds if key in VARIANTS_ON_EVERY_SEED else [0]
 
-    def scheme_b(bits: str, seed: int, work: Path) -> list[dict[str, Any]]:
-        results = _apprentice("B", bits, work, seed=seed)
+    def scheme_b(
+        bits: str, seed: int, work: Path, kd: tuple[str, dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Scheme B alone and distilled; ``kd`` = (label, changes): a setting other than τ=1."""
+        label, changes = kd or ("", {})
+        results = _apprentice("B", bits, work, seed=seed, **changes)
         rows, curves = _by_scheme(results), results["curves"]
-        label = STUDENT_BITS[bits]
+        student = STUDENT_BITS[bits]
         return [
             _row(
-                rows["alone"], f"{label} alone", curves["baseline (alone)"], work, "baseline", seed
+                rows["alone"],
+                f"{student} alone",
+                curves["baseline (alone)"],
+                work,
+                "baseline",
+                seed,
             ),
             _row(
                 rows["B"],
-                f"{label} + KD scheme B",
+                f"{student} + KD scheme B" + (f" ({label})" if label else ""),
                 curves["distilled (B)"],
                 work,
                 "distill",
@@ -535,9 +561,9 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
 
     def progressive_group(with_teacher: bool) -> list[dict[str, Any]]:
         work = work_dir / ("progressive_B" if with_teacher else "progressive")
-        results = _progressive(work, with_teacher)
+        results = _progressive(work, with_teacher, **(LATE_KD[1] if with_teacher else {}))
         row = _by_scheme(results)["progressive+KD" if with_teacher else "progressive"]
-        name = "ternary W2A8 progressive" + (" + KD scheme B" if with_teacher else "")
+        name = PROGRESSIVE_KD_ROW if with_teacher else "ternary W2A8 progressive"
         return [_row(row, name, results["curves"]["progressive"], work, "progressive")]
 
     def progressive_authors() -> list[dict[str, Any]]:
@@ -551,12 +577,12 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
 
     def scheme_a() -> list[dict[str, Any]]:
         work = work_dir / "A"
-        results = _apprentice("A", "ternary", work, baseline=False)
+        results = _apprentice("A", "ternary", work, baseline=False, **LATE_KD[1])
         row = _by_scheme(results)["A"]
         return [
             _row(
                 row,
-                "ternary W2A8 + KD scheme A",
+                A_KD_ROW,
                 results["curves"]["distilled (A)"],
                 work,
                 "distill",
@@ -575,6 +601,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
                 latency_budget_ms=f.hakd_budget_ms,
                 num_threads=1,
                 epochs=f.epochs,
+                **LATE_KD[1],
                 output_dir=str(work),
                 threads=f.threads,
                 verbose=2,
@@ -592,6 +619,8 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
                 "channel": "channel pruning",
                 "student": "HAKD student",
             }[stage]
+            if stage == "student":
+                scheme = f"{scheme} ({LATE_KD[0]})"
             named = _row(
                 row, f"{scheme}: {row['model']}", results["curves"][curve_name], work, stage
             )
@@ -621,17 +650,17 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
             )
         )
         plan += [variant_group("B", k, seed) for k in B_VARIANTS if seed in variant_seeds(k)]
-    if late:
-        plan.append(("teacher_restart2", teacher_restart2_group))
-        plan += [variant_group("C", key, seed) for key in late for seed in variant_seeds(key)]
     plan += [
-        ("B_4bit", lambda: scheme_b("4", 0, work_dir / "B_4bit")),
+        ("B_4bit", lambda: scheme_b("4", 0, work_dir / "B_4bit", LATE_KD)),
         ("progressive", lambda: progressive_group(False)),
         ("progressive_authors", progressive_authors),
         ("progressive_B", lambda: progressive_group(True)),
         ("A", scheme_a),
         ("HAKD", hakd_group),
     ]
+    if late:
+        plan.append(("teacher_restart2", teacher_restart2_group))
+        plan += [variant_group("C", key, seed) for key in late for seed in variant_seeds(key)]
     return plan
 
 
@@ -648,7 +677,8 @@ def gap_recovered(rows: list[dict[str, Any]], student: str) -> list[dict[str, An
 
     Scheme B, and each of its variants (``B (τ=4)``), pairs each seed's distilled row with the
     same seed's baseline; scheme C, and each of its variants (``C (τ=2)``, ...), likewise with
-    C's fine-tuned baseline of the same seed;
+    C's fine-tuned baseline of the same seed; the 4-bit scheme B (``B W4A8 (τ=4)``) with the 4-bit
+    baseline of its seed, against the same float row (its gap is float − W4A8 alone);
     A and the progressive + KD row with the mean of the ternary baselines.
     """
     float_rows = [r for r in rows if r["row"] == f"float {student}"]
@@ -687,6 +717,7 @@ def gap_recovered(rows: list[dict[str, Any]], student: str) -> list[dict[str, An
     paired("B", B_KD_ROW, ternary_alone)
     for label, _ in B_VARIANTS.values():
         paired(f"B ({label})", f"{B_KD_ROW} ({label})", ternary_alone)
+    paired(f"B W4A8 ({LATE_KD[0]})", W4_KD_ROW, by_seed(W4_ALONE_ROW))
     c_alone = by_seed(C_BASELINE_ROW)
     paired("C", C_KD_ROW, c_alone)
     for label, _ in C_VARIANTS.values():
@@ -695,8 +726,8 @@ def gap_recovered(rows: list[dict[str, Any]], student: str) -> list[dict[str, An
     if alone_values:
         mean_alone = statistics.fmean(alone_values)
         for scheme, name in (
-            ("A", "ternary W2A8 + KD scheme A"),
-            ("progressive + B", "ternary W2A8 progressive + KD scheme B"),
+            (f"A ({LATE_KD[0]})", A_KD_ROW),
+            (f"progressive + B ({LATE_KD[0]})", PROGRESSIVE_KD_ROW),
         ):
             for r in named(name):
                 value = ratio(r["tflite_top1"], mean_alone)

@@ -15,13 +15,14 @@ dense kept float) is trained twice on the same budget, data order and seed:
   --decay_end_fraction=0.25``).
 
 With ``--teacher`` both stages are distilled (`apprentice_tf.distiller.Distiller`, the Apprentice
-loss with the paper's weights) from a full-precision ResNet trained first as stage ``teacher``
-or loaded from ``--teacher_checkpoint``. Optimiser: SGD, momentum 0.9, cosine learning-rate decay
-to 0 over the run. Each deployable network is converted to TFLite, inspected and evaluated
-(`recipes._common.deploy`). Written to ``--output_dir``: ``results.json`` (rows, validation top-1
-per epoch of both stages, λ per epoch), ``results.md``, ``curves.png`` (validation top-1 per epoch,
-both stages), ``accuracy_vs_size.png``, ``plain.tflite``, ``progressive.tflite`` and the per-stage
-logs and weights that make a second run of the same command resume (`recipes._common`).
+loss with the paper's weights, at temperature ``--temperature``) from a full-precision ResNet
+trained first as stage ``teacher`` or loaded from ``--teacher_checkpoint``. Optimiser: SGD, momentum
+0.9, cosine learning-rate decay to 0 over the run. Each deployable network is converted to TFLite,
+inspected and evaluated (`recipes._common.deploy`). Written to ``--output_dir``: ``results.json``
+(rows, validation top-1 per epoch of both stages, λ per epoch), ``results.md``, ``curves.png``
+(validation top-1 per epoch, both stages), ``accuracy_vs_size.png``, ``plain.tflite``,
+``progressive.tflite`` and the per-stage logs and weights that make a second run of the same command
+resume (`recipes._common`).
 
 Note on the curves: while λ > 0 the progressive stage's validation top-1 is that of the expanded
 network (with the float twins); from the epoch where λ reaches 0 it is that of the deployable one.
@@ -110,6 +111,8 @@ class ProgressiveConfig:
       teacher_width: the teacher's width multiplier.
       teacher_checkpoint: "" (train the teacher as stage "teacher") or a teacher's weights
         (``.weights.h5`` / ``.h5`` / checkpoint of the same architecture) or a ``.keras`` model.
+      temperature: the distillation temperature τ of `apprentice_tf.distiller.Distiller` (with a
+        teacher only): the γ term is τ²·H(softmax(z_T/τ), softmax(z_S/τ)).
       batch_size, learning_rate: SGD (Nesterov momentum 0.9), a linear warm-up over
         `warmup_epochs`, then a cosine decay of `learning_rate` to 0, with decoupled weight
         decay `weight_decay` (`recipes._common.make_optimizer`).
@@ -136,6 +139,7 @@ class ProgressiveConfig:
     teacher: str = ""
     teacher_width: float = 1.0
     teacher_checkpoint: str = ""
+    temperature: float = 1.0
     batch_size: int = 128
     learning_rate: float = 0.1
     warmup_epochs: float = 1.0
@@ -170,6 +174,7 @@ _HELP: dict[str, str] = {
     "teacher": "Empty, or a CIFAR ResNet teacher name.",
     "teacher_width": "Teacher width multiplier.",
     "teacher_checkpoint": "Trained teacher (else trained).",
+    "temperature": "Distillation temperature τ (with --teacher).",
     "batch_size": "Batch size.",
     "learning_rate": "Initial SGD learning rate.",
     "warmup_epochs": "Linear warm-up epochs.",
@@ -245,6 +250,7 @@ def validate(config: ProgressiveConfig) -> Path:
             "architecture, e.g. --teacher=resnet56)."
         )
     check_file("teacher_checkpoint", config.teacher_checkpoint)
+    check_positive("temperature", config.temperature)
     training_policy("precision", config.precision)
     check_positive("batch_size", config.batch_size)
     check_positive("learning_rate", config.learning_rate)
@@ -327,7 +333,7 @@ def _fit(
             metrics=["accuracy"],
         )
     else:
-        model = Distiller(student=student, teacher=teacher)
+        model = Distiller(student=student, teacher=teacher, temperature=config.temperature)
         model.compile(optimizer=_optimizer(config, total_steps), metrics=["accuracy"])
     return train_stage(
         stage,

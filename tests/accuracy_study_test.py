@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from absl import flags
 
 from benchmarks.accuracy import (
     FLOAT_GROUP_FILES,
+    _plan,
     epochs_to_95,
     gap_recovered,
     keep_artifacts,
@@ -57,6 +59,25 @@ def test_keep_artifacts_names_the_row_whose_file_is_gone(tmp_path):
         keep_artifacts("B_seed0", rows, tmp_path / "work", tmp_path / "kept", tmp_path)
 
 
+def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restart(tmp_path):
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # the study's defaults: --seeds=0,1,2, a teacher restart
+    names = [name for name, _ in _plan(tmp_path)]
+    assert names[:4] == ["float", "teacher", "teacher_restart", "C"]
+    assert names.index("B_seed2") < names.index("B_tau4_seed2") < names.index("B_4bit")
+    assert names[-8:] == [
+        "B_4bit",
+        "progressive",
+        "progressive_authors",
+        "progressive_B",
+        "A",
+        "HAKD",
+        "teacher_restart2",
+        "C_teacher_restart2",
+    ]
+    assert len(names) == len(set(names))
+
+
 def test_epochs_to_95_is_the_first_epoch_within_95_percent_of_the_last():
     assert epochs_to_95([0.5, 0.8, 0.86, 0.9]) == 3  # 0.95 * 0.9 = 0.855
     assert epochs_to_95([]) is None
@@ -77,6 +98,9 @@ def test_gap_recovered_pairs_each_distilled_row_with_its_seeds_baseline():
         {"row": "ternary W2A8 + KD scheme C (τ=4)", "seed": 2, "tflite_top1": 0.88},  # no baseline
         {"row": "ternary W2A8 + KD scheme B (τ=4)", "seed": 0, "tflite_top1": 0.81},
         {"row": "ternary W2A8 + KD scheme B (τ=4)", "seed": 1, "tflite_top1": 0.88},
+        {"row": "W4A8 alone", "seed": 0, "tflite_top1": 0.86},
+        {"row": "W4A8 + KD scheme B (τ=4)", "seed": 0, "tflite_top1": 0.89},
+        {"row": "ternary W2A8 + KD scheme A (τ=4)", "seed": 0, "tflite_top1": 0.83},
     ]
     by_scheme = {gain["scheme"]: gain for gain in gap_recovered(rows, "resnet20")}
 
@@ -94,6 +118,10 @@ def test_gap_recovered_pairs_each_distilled_row_with_its_seeds_baseline():
     # A B variant is paired with the ternary baseline of its seed: 0.1 (seed 0), 0.75 (seed 1).
     assert by_scheme["B (τ=4)"]["per_seed"] == pytest.approx([0.1, 0.75])
     assert by_scheme["B (τ=4)"]["gain_points"]["mean"] == pytest.approx(3.5)
+    # 4-bit: its own baseline and gap, (0.89 − 0.86) / (0.90 − 0.86).
+    assert by_scheme["B W4A8 (τ=4)"]["per_seed"] == pytest.approx([0.75])
+    # A has no baseline of its own: the mean ternary baseline 0.81, (0.83 − 0.81) / 0.09.
+    assert by_scheme["A (τ=4)"]["recovered"]["mean"] == pytest.approx(2 / 9)
     assert gap_recovered(rows[1:], "resnet20") == []  # no float row: nothing to measure against
 
 

@@ -251,12 +251,14 @@ def test_flags_become_config_fields(tmp_path):
         "--kernel_size=1",
         "--branch_norm",
         "--teacher=resnet56",
+        "--temperature=4",
         "--noaugment",
     )
     assert (config.weight_bits, config.activation_bits) == ("4", 4)
     assert (config.decay_schedule, config.decay_end_fraction) == ("cosine", 1.0)
     assert (config.kernel_size, config.teacher, config.augment) == (1, "resnet56", False)
     assert config.branch_norm is True
+    assert config.temperature == 4.0
     assert recipe.validate(config) == tmp_path / "out"
 
 
@@ -280,6 +282,7 @@ def test_flags_become_config_fields(tmp_path):
         (["--batch_size=0"], "--batch_size must be > 0"),
         (["--learning_rate=-0.1"], "--learning_rate must be > 0"),
         (["--threads=-1"], "--threads must be >= 0"),
+        (["--temperature=0"], "--temperature must be > 0, received 0.0"),
         (["--teacher=resnet8", "--teacher_checkpoint=/no/such/teacher.weights.h5"], "not exist"),
         (["--teacher_checkpoint=/no/such/teacher.weights.h5"], "needs --teacher"),
     ],
