@@ -48,8 +48,11 @@ class ZooEntry:
       num_classes: outputs of its logits layer.
       test_top1: top-1 on the full test split (Keras).
       tflite_top1: top-1 of its float .tflite file under LiteRT on the same split.
-      epochs: training epochs.
+      epochs: training epochs in all: its own and, for a warm restart (``--initial_weights``),
+        those of the weights it started from.
       command: the shell command that trained it (`recipes.pretrain`).
+      initial_command: for a warm restart, the command that trained the weights it started from
+        (their sha256 is in its results.json); else "".
       sha256: sha256 of its weights file.
       directory: the entry's directory (weights, training log, results.json).
     """
@@ -63,6 +66,7 @@ class ZooEntry:
     tflite_top1: float
     epochs: int
     command: str
+    initial_command: str
     sha256: str
     directory: Path
 
@@ -81,6 +85,7 @@ def _read_entry(directory: Path) -> ZooEntry:
     results = json.loads((directory / _RESULTS_FILE).read_text())
     config = results["config"]
     row = results["rows"][0]
+    initial = results.get("initial_weights") or {}
     return ZooEntry(
         name=f"{config['dataset']}/{config['model']}",
         dataset=config["dataset"],
@@ -89,8 +94,9 @@ def _read_entry(directory: Path) -> ZooEntry:
         num_classes=int(results.get("num_classes", 10)),
         test_top1=float(row["keras_top1"]),
         tflite_top1=float(row["tflite_top1"]),
-        epochs=int(config["epochs"]),
+        epochs=int(config["epochs"]) + int(initial.get("epochs", 0)),
         command=results["command"],
+        initial_command=initial.get("command", ""),
         sha256=results["sha256"],
         directory=directory,
     )

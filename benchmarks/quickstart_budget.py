@@ -3,13 +3,13 @@ student within 2 points of the float one, and the distillation gain at each budg
 
     python -m benchmarks.quickstart_budget [--runs=0.25:0,1,2 --runs=1:0 --runs=2:0]
 
-Each ``--runs=<epochs>:<seeds>`` is one `recipes.quickstart.run` (scheme C on the full CIFAR-10:
-the zoo's float ResNet-20 lowered to ternary W2A8 and fine-tuned alone and distilled from the
-zoo's ResNet-56, every network tested on the full test split in Keras and LiteRT) with that
-``--epochs`` and ``--seeds``, in ``<work_dir>/epochs<epochs>``. The quickstart's stages resume, so
-a rerun (or a budget's directory copied from an earlier quickstart run) trains only what is
-missing. Per budget the table gives the mean TFLite top-1 of the students over the seeds, the
-distance of the distilled student from the float one,
+Each ``--runs=<epochs>:<seeds>`` is one `recipes.quickstart.run` (scheme C on the full CIFAR-10: the
+zoo's float ResNet-20 lowered to ternary W2A8 and fine-tuned alone and distilled from the zoo's
+ResNet-56, every network tested on the full test split in Keras and LiteRT) with that ``--epochs``
+and ``--seeds`` (and ``--temperature``), in ``<work_dir>/epochs<epochs>_tau<τ>``. The quickstart's
+stages resume, so a rerun (or a budget's directory copied from an earlier quickstart run) trains
+only what is missing. Per budget the table gives the mean TFLite top-1 of the students over the
+seeds, the distance of the distilled student from the float one,
 
     gap = top1(float) − mean over seeds of top1(distilled)      (target: ≤ 2 points),
 
@@ -42,6 +42,11 @@ flags.DEFINE_integer(
     "calibration_steps",
     quickstart.QuickstartConfig.calibration_steps,
     "the quickstart's --calibration_steps (0: fine-tune from the uncalibrated network)",
+)
+flags.DEFINE_float(
+    "temperature",
+    quickstart.QuickstartConfig.temperature,
+    "the quickstart's --temperature: distillation temperature τ of every budget",
 )
 flags.DEFINE_float("target_points", 2.0, "the largest acceptable gap to the float student")
 # Names other benchmarks and recipes also define (--threads, --work_dir, --output): overridable,
@@ -105,6 +110,8 @@ def summarise(results: dict[str, Any], target_points: float) -> dict[str, Any]:
     return {
         "epochs": results["config"]["epochs"],
         "seeds": results["config"]["seeds"],
+        "temperature": results["config"]["temperature"],
+        "teacher_top1": results["teacher_top1"],
         "float_top1": float_top1,
         "before_top1": rows[1]["tflite_top1"],
         "alone_top1": statistics.fmean(r["tflite_top1"] for r in alone),
@@ -132,7 +139,8 @@ def main(argv: list[str]) -> None:
             epochs=epochs,
             seeds=seeds,
             calibration_steps=f.calibration_steps,
-            output_dir=str(work_dir / f"epochs{epochs:g}"),
+            temperature=f.temperature,
+            output_dir=str(work_dir / f"epochs{epochs:g}_tau{f.temperature:g}"),
             threads=f.threads,
             verbose=2,
         )
@@ -149,6 +157,7 @@ def main(argv: list[str]) -> None:
         {
             "target_points": f.target_points,
             "calibration_steps": f.calibration_steps,
+            "temperature": f.temperature,
             "machine": machine,
             "budgets": lines,
             "runs": runs,
@@ -171,6 +180,8 @@ def main(argv: list[str]) -> None:
             [
                 ("epochs", "--epochs"),
                 ("seeds", "seeds"),
+                ("temperature", "τ"),
+                ("teacher_top1", "teacher"),
                 ("float_top1", "float"),
                 ("before_top1", "ternary before"),
                 ("alone_top1", "alone"),

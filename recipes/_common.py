@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import numbers
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,47 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
     if path.exists() and not path.is_dir():
         raise RecipeError(f"--output_dir {str(path)!r} is a file; pass a directory.")
     return path
+
+
+#: The file in which an output directory records the settings its stages were trained with.
+SETTINGS_FILE = "settings.json"
+#: Settings that change no trained weight: they may differ between runs into one directory.
+NEUTRAL_SETTINGS = ("output_dir", "threads", "verbose")
+
+
+def claim_output_dir(output_dir: Path, config: Any, reusable: Collection[str] = ()) -> None:
+    """Refuse an output directory whose stages were trained with other settings; else claim it.
+
+    Stages are reloaded and resumed by file name (`train_stage`), so a second run into the same
+    directory with, say, another ``--epochs`` would silently reuse the first run's networks. The
+    first run writes the settings that shape training (every field of the dataclass `config` but
+    `NEUTRAL_SETTINGS` and `reusable`, those whose stages have names of their own, such as
+    per-seed stages) to ``<output_dir>/settings.json``; a later run whose settings differ is
+    refused before anything is trained or written, naming each differing setting. A directory
+    without the file (an older run's) is claimed as it is.
+
+    Raises:
+      RecipeError: the settings differ from those recorded in the directory.
+    """
+    ignored = set(NEUTRAL_SETTINGS) | set(reusable)
+    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    wanted = json.loads(json.dumps(wanted))  # tuples as lists, as read back
+    recorded_file = output_dir / SETTINGS_FILE
+    if recorded_file.exists():
+        recorded = json.loads(recorded_file.read_text())
+        differing = [
+            f"--{key}={recorded.get(key)!r} there, {value!r} now"
+            for key, value in wanted.items()
+            if recorded.get(key) != value
+        ]
+        if differing:
+            raise RecipeError(
+                f"--output_dir {str(output_dir)!r} holds stages trained with other settings "
+                f"({'; '.join(differing)}); pass another --output_dir, or delete it to start over."
+            )
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(recorded_file, wanted)
 
 
 def check_choice(flag: str, value: Any, allowed: Sequence[Any]) -> None:

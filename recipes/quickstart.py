@@ -22,7 +22,9 @@ trained float network runs it, on the reference networks that ship with the pack
    its spread when there are several).
 
 Everything is written to ``--output_dir`` (results.json, results.md, the .tflite files); running
-the same command again after a kill resumes where it stopped.
+the same command again after a kill resumes where it stopped, and ``--seeds`` may grow between
+runs. A run with other settings (``--epochs``, ``--temperature``, ...) into a directory that
+holds another run's stages is refused before it starts (`recipes._common.claim_output_dir`).
 
     python -m recipes.quickstart            # or: apprentice-tf run quickstart
 """
@@ -49,6 +51,7 @@ from ._common import (
     check_int,
     check_output_dir,
     check_positive,
+    claim_output_dir,
     configure_threads,
     deploy,
     make_optimizer,
@@ -193,8 +196,9 @@ def fine_tune(
 def run(config: QuickstartConfig) -> dict[str, Any]:
     """Load, quantize, fine-tune (alone and distilled), deploy and report; returns the results."""
     output_dir, root = _check(config)
+    # Each seed's stages have names of their own: --seeds may grow between runs.
+    claim_output_dir(output_dir, config, reusable=("seeds",))
     configure_threads(config.threads)
-    output_dir.mkdir(parents=True, exist_ok=True)
     student_entry = zoo.info(config.student, root)
     float_student = zoo.load(config.student, root)
     teacher = zoo.load(config.teacher, root)

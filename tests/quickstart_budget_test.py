@@ -31,7 +31,8 @@ def _row(network, top1, seconds=None):
 
 def test_summary_averages_the_seeds_and_measures_the_gap_to_float():
     results = {
-        "config": {"epochs": 1.0, "seeds": [0, 1]},
+        "config": {"epochs": 1.0, "seeds": [0, 1], "temperature": 4.0},
+        "teacher_top1": 0.8888,
         "rows": [
             _row("float cifar10/resnet20 (zoo)", 0.87),
             _row("ternary W2A8, before fine-tuning", 0.14),
@@ -49,6 +50,7 @@ def test_summary_averages_the_seeds_and_measures_the_gap_to_float():
     assert line["within_target"] is True
     assert line["gain_points"] == pytest.approx(0.5) and line["gain_std_points"] == 2.12
     assert line["minutes_per_student"] == pytest.approx(1.5)  # median of 1, 1, 2, 2 minutes
+    assert (line["temperature"], line["teacher_top1"]) == (4.0, 0.8888)
     assert summarise(results, target_points=1.9)["within_target"] is False
 
 
@@ -60,3 +62,4 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
     assert finished_run(config) == {"config": stored, "rows": []}  # threads/verbose differ: same
     assert finished_run(dataclasses.replace(config, seeds=(0, 1, 2))) is None
     assert finished_run(dataclasses.replace(config, calibration_steps=0)) is None
+    assert finished_run(dataclasses.replace(config, temperature=4.0)) is None

@@ -6,12 +6,14 @@ bad settings and flags run in the default suite.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from absl import flags
 from conftest import make_zoo_entry
 
 from recipes import quickstart
-from recipes._common import RecipeError
+from recipes._common import SETTINGS_FILE, RecipeError, claim_output_dir
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,33 @@ def test_rerun_loads_the_finished_fine_tuning(quick, capsys):
     printed = capsys.readouterr().out
     assert "[alone_seed0] finished earlier" in printed
     assert "[distilled_seed0] finished earlier" in printed
+
+
+@pytest.mark.slow
+def test_rerun_with_other_settings_is_refused_before_anything_is_written(quick):
+    files = sorted(quick["output_dir"].rglob("*"))
+    for change, flag in (({"epochs": 2.0}, "--epochs"), ({"temperature": 4.0}, "--temperature")):
+        config = dataclasses.replace(quick["config"], **change)
+        with pytest.raises(RecipeError, match=f"{flag}=.* there, .* now"):
+            quickstart.run(config)
+    assert sorted(quick["output_dir"].rglob("*")) == files
+
+
+def test_an_output_dir_is_claimed_by_the_settings_that_shape_training(tmp_path):
+    first = quickstart.QuickstartConfig(output_dir=str(tmp_path), seeds=(0,), threads=2)
+    claim_output_dir(tmp_path, first, reusable=("seeds",))
+    recorded = (tmp_path / SETTINGS_FILE).read_text()
+    assert '"epochs": 0.25' in recorded and "seeds" not in recorded and "threads" not in recorded
+    # More seeds (stages of their own), other threads or verbosity: the same training, accepted.
+    same = dataclasses.replace(first, seeds=(0, 1, 2), threads=1, verbose=0)
+    claim_output_dir(tmp_path, same, reusable=("seeds",))
+    other = dataclasses.replace(first, epochs=1.0, temperature=4.0)
+    with pytest.raises(RecipeError) as error:
+        claim_output_dir(tmp_path, other, reusable=("seeds",))
+    message = str(error.value)
+    assert "--epochs=0.25 there, 1.0 now; --temperature=1.0 there, 4.0 now" in message
+    assert "pass another --output_dir" in message
+    assert (tmp_path / SETTINGS_FILE).read_text() == recorded  # unchanged
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -22,6 +23,17 @@ def test_load_builds_the_network_and_loads_its_weights(tmp_path):
     expected.load_weights(directory / "float.weights.h5")
     for actual, wanted in zip(model.get_weights(), expected.get_weights(), strict=True):
         np.testing.assert_array_equal(actual, wanted)
+
+
+def test_a_warm_restart_counts_the_epochs_of_the_weights_it_started_from(tmp_path):
+    directory = make_zoo_entry(tmp_path)
+    assert zoo.info("cifar10/resnet8", tmp_path).initial_command == ""
+    results = json.loads((directory / "results.json").read_text())
+    first = "python -m recipes.pretrain --model=resnet8 --epochs=15"
+    results["initial_weights"] = {"epochs": 15, "command": first, "sha256": "0" * 64}
+    (directory / "results.json").write_text(json.dumps(results))
+    entry = zoo.info("cifar10/resnet8", tmp_path)
+    assert (entry.epochs, entry.initial_command) == (16, first)
 
 
 def test_unknown_name_lists_the_known_ones(tmp_path):
