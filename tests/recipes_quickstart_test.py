@@ -77,7 +77,7 @@ def test_rerun_loads_the_finished_fine_tuning(quick, capsys):
 @pytest.mark.slow
 def test_rerun_with_other_settings_is_refused_before_anything_is_written(quick):
     files = sorted(quick["output_dir"].rglob("*"))
-    for change, flag in (({"epochs": 2.0}, "--epochs"), ({"temperature": 4.0}, "--temperature")):
+    for change, flag in (({"epochs": 2.0}, "--epochs"), ({"temperature": 1.0}, "--temperature")):
         config = dataclasses.replace(quick["config"], **change)
         with pytest.raises(RecipeError, match=f"{flag}=.* there, .* now"):
             quickstart.run(config)
@@ -92,11 +92,11 @@ def test_an_output_dir_is_claimed_by_the_settings_that_shape_training(tmp_path):
     # More seeds (stages of their own), other threads or verbosity: the same training, accepted.
     same = dataclasses.replace(first, seeds=(0, 1, 2), threads=1, verbose=0)
     claim_output_dir(tmp_path, same, reusable=("seeds",))
-    other = dataclasses.replace(first, epochs=1.0, temperature=4.0)
+    other = dataclasses.replace(first, epochs=1.0, temperature=1.0)
     with pytest.raises(RecipeError) as error:
         claim_output_dir(tmp_path, other, reusable=("seeds",))
     message = str(error.value)
-    assert "--epochs=0.25 there, 1.0 now; --temperature=1.0 there, 4.0 now" in message
+    assert "--epochs=0.25 there, 1.0 now; --temperature=4.0 there, 1.0 now" in message
     assert "pass another --output_dir" in message
     assert (tmp_path / SETTINGS_FILE).read_text() == recorded  # unchanged
 
@@ -127,9 +127,9 @@ def test_flags():
     flag_values = flags.FlagValues()
     quickstart.define_flags(flag_values)
     flag_values(
-        ["quickstart", "--epochs=0.5", "--seeds=0,1,2", "--output_dir=x", "--temperature=4"]
+        ["quickstart", "--epochs=0.5", "--seeds=0,1,2", "--output_dir=x", "--temperature=2"]
     )
     config = quickstart.config_from_flags(flag_values)
     assert (config.epochs, config.seeds, config.output_dir) == (0.5, (0, 1, 2), "x")
-    assert config.temperature == 4.0
+    assert config.temperature == 2.0
     assert config.student == "cifar10/resnet20" and config.teacher == "cifar10/resnet56"
