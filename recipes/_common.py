@@ -3,7 +3,9 @@
 A recipe is a sequence of named stages (train the teacher, train the baseline student, distil).
 Each stage trains with `keras.callbacks.BackupAndRestore`, logs every epoch to
 ``<output_dir>/<stage>.csv`` and, once finished, saves its weights, so running the same command
-again after a kill resumes the interrupted stage and skips the finished ones.
+again after a kill resumes the interrupted stage and skips the finished ones. Because stages are
+found by name, a run with other settings into a directory that holds another run's stages is
+refused before it trains anything (`claim_output_dir`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from apprentice_tf import data, precision, reporting, tflite
+from apprentice_tf import data, precision, reporting, tflite, zoo
 from apprentice_tf.compat import keras, tf
 
 
@@ -104,7 +106,9 @@ SETTINGS_FILE = "settings.json"
 NEUTRAL_SETTINGS = ("output_dir", "threads", "verbose")
 
 
-def claim_output_dir(output_dir: Path, config: Any, reusable: Collection[str] = ()) -> None:
+def claim_output_dir(
+    output_dir: Path, config: Any, reusable: Collection[str] = (), files: Collection[str] = ()
+) -> None:
     """Refuse an output directory whose stages were trained with other settings; else claim it.
 
     Stages are reloaded and resumed by file name (`train_stage`), so a second run into the same
@@ -112,14 +116,19 @@ def claim_output_dir(output_dir: Path, config: Any, reusable: Collection[str] = 
     first run writes the settings that shape training (every field of the dataclass `config` but
     `NEUTRAL_SETTINGS` and `reusable`, those whose stages have names of their own, such as
     per-seed stages) to ``<output_dir>/settings.json``; a later run whose settings differ is
-    refused before anything is trained or written, naming each differing setting. A directory
-    without the file (an older run's) is claimed as it is.
+    refused before anything is trained or written, naming each differing setting. The settings
+    named in `files` (checkpoints a run starts from) are recorded and compared by the sha256 of
+    the file they name, so that a directory moved to another machine, where the same file has
+    another path, still resumes. A directory without the file (an older run's) is claimed as it is.
 
     Raises:
       RecipeError: the settings differ from those recorded in the directory.
     """
     ignored = set(NEUTRAL_SETTINGS) | set(reusable)
     wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    for key in files:
+        if wanted.get(key):
+            wanted[key] = {"sha256": zoo.sha256(wanted[key])}
     wanted = json.loads(json.dumps(wanted))  # tuples as lists, as read back
     recorded_file = output_dir / SETTINGS_FILE
     if recorded_file.exists():

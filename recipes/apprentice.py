@@ -95,6 +95,7 @@ from ._common import (
     check_int,
     check_output_dir,
     check_positive,
+    claim_output_dir,
     configure_threads,
     deploy,
     finish,
@@ -712,7 +713,7 @@ def run(config: ApprenticeConfig) -> dict[str, Any]:
       RecipeError: a bad flag (before anything is trained or written).
     """
     setup = _check(config)
-    setup.output_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(setup.output_dir, config, files=("teacher_checkpoint", "student_checkpoint"))
     teacher, baseline, student, curves = _train(config, setup)
 
     out = setup.output_dir

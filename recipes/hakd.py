@@ -546,6 +546,10 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         latency table has been written then).
     """
     checked = validate(config)
+    # The latency table only grows (a new budget reuses it): it does not shape training.
+    _common.claim_output_dir(
+        checked.output_dir, config, reusable=("table",), files=("teacher_checkpoint",)
+    )
     start = time.perf_counter()
     _common.configure_threads(config.threads)
     keras.utils.set_random_seed(config.seed)

@@ -44,6 +44,7 @@ from ._common import (
     check_file,
     check_output_dir,
     check_positive,
+    claim_output_dir,
     configure_threads,
     deploy,
     load_checkpoint,
@@ -177,6 +178,7 @@ def run(config: PretrainConfig) -> dict[str, Any]:
         load_checkpoint(
             "initial_weights", config.initial_weights, model, f"a {label} for {config.dataset}"
         )
+    claim_output_dir(output_dir, config, files=("initial_weights",))  # every check passed
     model.compile(
         optimizer=make_optimizer(
             config.learning_rate,

@@ -56,6 +56,7 @@ from ._common import (
     check_file,
     check_output_dir,
     check_positive,
+    claim_output_dir,
     configure_threads,
     deploy,
     finish,
@@ -391,6 +392,7 @@ def run(config: ProgressiveConfig) -> dict[str, Any]:
     teacher = None
     if config.teacher_checkpoint:
         teacher = _load_teacher(config, num_classes)
+    claim_output_dir(output_dir, config, files=("teacher_checkpoint",))  # every check passed
 
     rows: list[dict[str, Any]] = []
     histories: dict[str, dict[str, list[float]]] = {}

@@ -17,7 +17,7 @@ from absl import flags
 from apprentice_tf import zoo
 from apprentice_tf.models import cifar_resnet
 from recipes import pretrain
-from recipes._common import RecipeError
+from recipes._common import SETTINGS_FILE, RecipeError, claim_output_dir
 
 TINY = {
     "model": "resnet8",
@@ -49,6 +49,14 @@ def test_a_run_writes_its_weights_log_and_results(first_and_restart):
     assert first["command"].startswith("python -m recipes.pretrain --model=resnet8")
     assert "--initial_weights" not in first["command"]  # none: not spelled out
     assert len(first["val_accuracy"]) == 1 and "initial_weights" not in first
+
+
+def test_a_rerun_with_another_budget_is_refused_and_changes_nothing(first_and_restart):
+    config = first_and_restart["config"]
+    files = {p: p.stat().st_mtime_ns for p in Path(config.output_dir).rglob("*")}
+    with pytest.raises(RecipeError, match="--epochs=1 there, 2 now"):
+        pretrain.run(dataclasses.replace(config, epochs=2))
+    assert {p: p.stat().st_mtime_ns for p in Path(config.output_dir).rglob("*")} == files
 
 
 def test_a_warm_restart_records_where_it_started(first_and_restart):
@@ -114,3 +122,28 @@ def test_flags():
     flag_values(["pretrain", "--initial_weights=w.h5", "--learning_rate=0.05", "--epochs=20"])
     config = pretrain.config_from_flags(flag_values)
     assert (config.initial_weights, config.learning_rate, config.epochs) == ("w.h5", 0.05, 20)
+
+
+def test_a_checkpoint_setting_is_claimed_by_its_content_not_its_path(tmp_path):
+    weights = tmp_path / "a" / "start.weights.h5"
+    weights.parent.mkdir()
+    weights.write_bytes(b"trained weights")
+    config = pretrain.PretrainConfig(initial_weights=str(weights), output_dir=str(tmp_path / "o"))
+    claim_output_dir(tmp_path / "o", config, files=("initial_weights",))
+    recorded = json.loads((tmp_path / "o" / SETTINGS_FILE).read_text())
+    assert recorded["initial_weights"] == {"sha256": zoo.sha256(weights)}
+    moved = tmp_path / "b" / "elsewhere.weights.h5"  # the same file on another machine
+    moved.parent.mkdir()
+    moved.write_bytes(weights.read_bytes())
+    claim_output_dir(
+        tmp_path / "o",
+        dataclasses.replace(config, initial_weights=str(moved)),
+        files=("initial_weights",),
+    )
+    moved.write_bytes(b"other weights")
+    with pytest.raises(RecipeError, match="--initial_weights=.*sha256.* there"):
+        claim_output_dir(
+            tmp_path / "o",
+            dataclasses.replace(config, initial_weights=str(moved)),
+            files=("initial_weights",),
+        )
