@@ -6,6 +6,7 @@ import json
 
 import pytest
 from absl import flags
+from absl.testing import flagsaver
 
 from benchmarks.accuracy import (
     FLOAT_GROUP_FILES,
@@ -60,9 +61,12 @@ def test_keep_artifacts_names_the_row_whose_file_is_gone(tmp_path):
 
 
 def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restart(tmp_path):
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()  # the study's defaults: --seeds=0,1,2, a teacher restart
-    names = [name for name, _ in _plan(tmp_path)]
+    # The study's default --seeds=0,1,2, set explicitly: the recipes imported by other tests
+    # redefine --seeds (allow_override) with their own default, and tests may parse flags.
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["accuracy", "--seeds=0,1,2"])
+        names = [name for name, _ in _plan(tmp_path)]
     assert names[:4] == ["float", "teacher", "teacher_restart", "C"]
     assert names.index("B_seed2") < names.index("B_tau4_seed2") < names.index("B_4bit")
     assert names[-8:] == [

@@ -62,4 +62,4 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
     assert finished_run(config) == {"config": stored, "rows": []}  # threads/verbose differ: same
     assert finished_run(dataclasses.replace(config, seeds=(0, 1, 2))) is None
     assert finished_run(dataclasses.replace(config, calibration_steps=0)) is None
-    assert finished_run(dataclasses.replace(config, temperature=4.0)) is None
+    assert finished_run(dataclasses.replace(config, temperature=config.temperature * 2)) is None
