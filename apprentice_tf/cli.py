@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"apprentice-tf {args.command}: {error}", file=sys.stderr)
             return EXIT_BAD_FILE
     module = importlib.import_module(f"{RECIPES_PACKAGE}.{args.recipe}")
+    module.define_flags()
     app.run(module.main, argv=[f"recipes.{args.recipe}", *rest])
     return 0
 

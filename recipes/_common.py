@@ -414,8 +414,9 @@ def define_flags(
     ``float``, ``str``; ``tuple[int|float|str, ...]`` becomes a comma-separated list) and the
     help text `help[name]`; a field in `enums` becomes an enum flag over those choices. Fields
     without help text are not flags (they keep their defaults). Flags are defined with
-    ``allow_override``, so that several recipes imported into one process (tests, the CLI) can
-    define the names they share (``--epochs``, ``--output_dir``, ...) without an error.
+    ``allow_override``, so that several recipes can define the names they share (``--epochs``,
+    ``--output_dir``, ...) in one process (tests) without an error; the last definition's default
+    wins, which is why recipes define their flags only when run as programs, not on import.
     """
     enums = enums or {}
     for field in _flag_fields(config_class, help):

@@ -229,7 +229,11 @@ _HELP: dict[str, str] = {
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define the recipe's flags (`_HELP`; defaults from `ApprenticeConfig`) in `flag_values`."""
+    """Define the recipe's flags (`_HELP`; defaults from `ApprenticeConfig`) in `flag_values`.
+
+    Called by whatever runs the recipe as a program (its ``__main__``, ``apprentice-tf run``),
+    never on import: importing a recipe leaves the importing program's flags alone.
+    """
     _common.define_flags(
         ApprenticeConfig, _HELP, flag_values, enums={"precision": precision.POLICIES}
     )
@@ -770,13 +774,11 @@ def run(config: ApprenticeConfig) -> dict[str, Any]:
     )
 
 
-define_flags()
-
-
 def main(argv: Sequence[str]) -> None:
     """absl entry point: flags → `ApprenticeConfig` → `run`; a bad flag exits with one line."""
     _common.recipe_main(argv, run, config_from_flags)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

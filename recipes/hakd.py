@@ -822,7 +822,11 @@ def run(config: HAKDConfig) -> dict[str, Any]:
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define one absl flag per `HAKDConfig` field, with its default and `_HELP` text."""
+    """Define one absl flag per `HAKDConfig` field, with its default and `_HELP` text.
+
+    Called by whatever runs the recipe as a program (its ``__main__``, ``apprentice-tf run``),
+    never on import: importing a recipe leaves the importing program's flags alone.
+    """
     _common.define_flags(HAKDConfig, _HELP, flag_values, enums={"precision": precision.POLICIES})
 
 
@@ -831,13 +835,11 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> HAKDConfig
     return _common.config_from_flags(HAKDConfig, _HELP, flag_values)
 
 
-define_flags()
-
-
 def main(argv: Sequence[str]) -> None:
     """absl entry point: flags -> HAKDConfig -> run(); prints the results table."""
     _common.recipe_main(argv, run, config_from_flags)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

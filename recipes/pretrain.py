@@ -107,7 +107,11 @@ _HELP: dict[str, str] = {
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define the recipe's flags (`_HELP`; defaults from `PretrainConfig`) in `flag_values`."""
+    """Define the recipe's flags (`_HELP`; defaults from `PretrainConfig`) in `flag_values`.
+
+    Called by whatever runs the recipe as a program (its ``__main__``, ``apprentice-tf run``),
+    never on import: importing a recipe leaves the importing program's flags alone.
+    """
     _common.define_flags(
         PretrainConfig, _HELP, flag_values, enums={"precision": precision.POLICIES}
     )
@@ -229,13 +233,11 @@ def run(config: PretrainConfig) -> dict[str, Any]:
     return results
 
 
-define_flags()
-
-
 def main(argv: Sequence[str]) -> None:
     """absl entry point: flags → `PretrainConfig` → `run`."""
     _common.recipe_main(argv, run, config_from_flags, print_table=False)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

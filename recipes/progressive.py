@@ -195,7 +195,11 @@ _HELP: dict[str, str] = {
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define the recipe's flags (`_HELP`; defaults from `ProgressiveConfig`) in `flag_values`."""
+    """Define the recipe's flags (`_HELP`; defaults from `ProgressiveConfig`) in `flag_values`.
+
+    Called by whatever runs the recipe as a program (its ``__main__``, ``apprentice-tf run``),
+    never on import: importing a recipe leaves the importing program's flags alone.
+    """
     _common.define_flags(
         ProgressiveConfig, _HELP, flag_values, enums={"precision": precision.POLICIES}
     )
@@ -507,7 +511,6 @@ def main(argv: Sequence[str]) -> None:
     _common.recipe_main(argv, run, config_from_flags)
 
 
-define_flags()
-
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -113,7 +113,11 @@ _HELP: dict[str, str] = {
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define the recipe's flags (`_HELP`; defaults from `QuickstartConfig`) in `flag_values`."""
+    """Define the recipe's flags (`_HELP`; defaults from `QuickstartConfig`) in `flag_values`.
+
+    Called by whatever runs the recipe as a program (its ``__main__``, ``apprentice-tf run``),
+    never on import: importing a recipe leaves the importing program's flags alone.
+    """
     _common.define_flags(QuickstartConfig, _HELP, flag_values)
 
 
@@ -306,13 +310,11 @@ def report(results: dict[str, Any], inspection_table: str) -> str:
     )
 
 
-define_flags()
-
-
 def main(argv: Sequence[str]) -> None:
     """absl entry point; a bad flag exits with a one-line message before anything is written."""
     _common.recipe_main(argv, run, config_from_flags, print_table=False)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

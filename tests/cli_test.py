@@ -119,3 +119,29 @@ def test_lazy_package_still_exposes_every_public_name():
     assert set(atf.__all__) <= set(dir(atf))
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         atf.not_a_name  # noqa: B018
+
+
+def test_run_defines_the_recipes_flags_and_importing_a_recipe_defines_none():
+    """`apprentice-tf run` parses the recipe's flags; an import alone leaves FLAGS untouched.
+
+    Recipes share flag names (``--seeds``, ``--epochs``) with allow_override, so a recipe that
+    defined its flags on import would silently replace the defaults of the program importing it
+    (the CIFAR-10 study imports four recipes and has its own ``--seeds=0,1,2``).
+    """
+    bad_flag = subprocess.run(
+        [sys.executable, "-m", "apprentice_tf.cli", "run", "quickstart", "--temperature=0"],
+        cwd=WORKTREE,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad_flag.returncode != 0 and "--temperature must be > 0" in bad_flag.stderr
+    probe = (
+        "from absl import flags\n"
+        "from recipes import apprentice, hakd, pretrain, progressive, quickstart\n"
+        "print(sorted(n for n in ('seeds', 'epochs', 'output_dir') if n in flags.FLAGS))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=WORKTREE, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
