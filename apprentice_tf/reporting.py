@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -127,19 +128,29 @@ def plot_accuracy_vs_size(
     accuracy_key: str = "tflite_top1",
     label_key: str = "scheme",
 ) -> Path:
-    """Accuracy against model size (log scale) as a PNG: one marker per row, named in a legend
-    below the axes (rows of equal size, e.g. every ternary student, would overlap as labels)."""
+    """Accuracy against model size (log scale) as a PNG, named in a legend below the axes (rows
+    of equal size, e.g. every ternary student, would overlap as labels).
+
+    Rows that share a label (e.g. the seeds of one configuration) share one colour and marker
+    and one legend entry, which says how many runs it holds; each label gets its own
+    colour/marker pair (20 colours × 10 markers before one repeats).
+    """
     plotted = [r for r in rows if r.get(size_key) is not None and r.get(accuracy_key) is not None]
-    fig = Figure(figsize=(7, 4.5 + 0.22 * len(plotted)))
+    by_label: dict[str, list[Mapping[str, Any]]] = {}
+    for row in plotted:
+        by_label.setdefault(str(row.get(label_key, "")), []).append(row)
+    fig = Figure(figsize=(7, 4.5 + 0.22 * len(by_label)))
     ax = fig.subplots()
     markers = "osD^vP*X<>"
-    for index, row in enumerate(plotted):
+    colours = matplotlib.colormaps["tab20"].colors
+    for index, (label, group) in enumerate(by_label.items()):
         ax.scatter(
-            row[size_key],
-            row[accuracy_key],
+            [row[size_key] for row in group],
+            [row[accuracy_key] for row in group],
             marker=markers[index % len(markers)],
+            color=colours[index % len(colours)],
             s=45,
-            label=str(row.get(label_key, "")),
+            label=label if len(group) == 1 else f"{label} ({len(group)} runs)",
         )
     ax.set_xscale("log")
     ax.set_xlabel(f"{size_key} (bytes)")

@@ -75,21 +75,8 @@ def main(argv: list[str]) -> None:
     if (RESULTS / "accuracy.json").exists():
         accuracy = json.loads((RESULTS / "accuracy.json").read_text())
         rows = [row for group in accuracy["groups"].values() for row in group]
-        seeds: dict[str, set[int]] = {}
-        for row in rows:
-            seeds.setdefault(row["row"], set()).add(row["seed"])
-        labelled = [
-            {
-                **row,
-                "label": row["row"]
-                + (f", seed {row['seed']}" if len(seeds[row["row"]]) > 1 else ""),
-            }
-            for row in rows
-        ]
-        written.append(
-            reporting.plot_accuracy_vs_size(
-                labelled, RESULTS / "accuracy_vs_size.png", label_key="label"
-            )
+        written.append(  # the seeds of a row share its marker and legend entry
+            reporting.plot_accuracy_vs_size(rows, RESULTS / "accuracy_vs_size.png", label_key="row")
         )
         curves: dict[str, list[list[float]]] = {}
         for row in rows:  # every seed of a row: its mean and min–max band

@@ -95,7 +95,7 @@ def test_machine_info_and_reporting_reexports():
 
 def test_plots_write_pngs_without_pyplot(tmp_path):
     curves = reporting.plot_curves({"a": [0.1, 0.5]}, tmp_path / "c.png")
-    rows = [{"packed_bytes": 100, "tflite_top1": 0.5, "scheme": "B"}]
+    rows = [{"packed_bytes": 100, "tflite_top1": t, "scheme": "B"} for t in (0.5, 0.6)]  # 2 seeds
     scatter = reporting.plot_accuracy_vs_size(rows, tmp_path / "s.png")
     seeds = reporting.plot_curves(
         {"a": [[0.1, 0.5], [0.2, 0.4]], "b": [0.3, 0.6]}, tmp_path / "m.png"
