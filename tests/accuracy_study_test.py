@@ -61,8 +61,8 @@ def test_keep_artifacts_names_the_row_whose_file_is_gone(tmp_path):
 
 
 def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restart(tmp_path):
-    # The study's default --seeds=0,1,2, set explicitly: the recipes imported by other tests
-    # redefine --seeds (allow_override) with their own default, and tests may parse flags.
+    # The study's default --seeds=0,1,2, set explicitly: tests that call a recipe's
+    # define_flags() redefine --seeds (allow_override) with its default, and tests parse flags.
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["accuracy", "--seeds=0,1,2"])
