@@ -166,6 +166,15 @@ C_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "teacher15": ("15-epoch teacher", {"teacher": "teacher"}),
     "teacher_restart2": ("teacher restarted twice", {"teacher": "teacher_restart2"}),
 }
+#: Scheme C variants that change the fine-tuning itself, so they run their own baseline (group
+#: ``C_<key>``, both rows): their label and the `ApprenticeConfig` changes of both stages; the
+#: distilled stage also takes `LATE_KD`. Learning rate is the setting of the issue's list that the
+#: one-change variants above leave untried: C fine-tunes from lr 0.01 (0.1 × 0.1) for 3 epochs,
+#: and a ternary student 11 points under its float start may need larger steps to use the soft
+#: targets at all.
+C_OWN_BASELINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lr3": ("lr ×3", {"finetune_lr_factor": 0.3}),
+}
 #: Scheme B variants (group ``B_<key>``): the distilled row of `scheme_b` again with one setting
 #: changed, against the ternary baseline of its seed (the ``B_seed<s>`` groups').
 B_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -185,6 +194,13 @@ W4_ALONE_ROW = f"{STUDENT_BITS['4']} alone"
 W4_KD_ROW = f"{STUDENT_BITS['4']} + KD scheme B ({LATE_KD[0]})"
 A_KD_ROW = f"ternary W2A8 + KD scheme A ({LATE_KD[0]})"
 PROGRESSIVE_KD_ROW = f"ternary W2A8 progressive + KD scheme B ({LATE_KD[0]})"
+
+
+def c_own_baseline_rows(label: str) -> tuple[str, str]:
+    """The (baseline, distilled) row names of the `C_OWN_BASELINE_VARIANTS` entry ``label``."""
+    return f"{C_BASELINE_ROW[:-1]}, {label})", f"{C_KD_ROW} ({LATE_KD[0]}, {label})"
+
+
 #: Epochs of the teacher's second warm restart (group ``teacher_restart2``), at
 #: ``--teacher_restart_lr``: the stronger teacher the investigation of a missed goal tries.
 SECOND_RESTART_EPOCHS = 30
@@ -490,22 +506,27 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
         name = f"teacher {f.teacher} (float, {total} epochs: a second restart)"
         return [_row(results["rows"][0], name, results["val_accuracy"], work, "float")]
 
-    def scheme_c(group: str, seed: int = 0) -> list[dict[str, Any]]:
+    def scheme_c(group: str, seed: int = 0, variant: str = "") -> list[dict[str, Any]]:
+        """Scheme C alone and distilled; ``variant``: a key of `C_OWN_BASELINE_VARIANTS`."""
         work = work_dir / group
+        names, changes = (C_BASELINE_ROW, C_KD_ROW), {}
+        if variant:
+            label, stage_changes = C_OWN_BASELINE_VARIANTS[variant]
+            names, changes = c_own_baseline_rows(label), {**stage_changes, **LATE_KD[1]}
         results = _apprentice(
-            "C", "ternary", work, student_checkpoint=_float_weights("float"), seed=seed
+            "C", "ternary", work, student_checkpoint=_float_weights("float"), seed=seed, **changes
         )
         rows, curves = _by_scheme(results), results["curves"]
         return [
             _row(
                 rows["alone"],
-                C_BASELINE_ROW,
+                names[0],
                 curves["baseline (alone, fine-tuned)"],
                 work,
                 "baseline",
                 seed,
             ),
-            _row(rows["C"], C_KD_ROW, curves["distilled (C)"], work, "distill", seed),
+            _row(rows["C"], names[1], curves["distilled (C)"], work, "distill", seed),
         ]
 
     def kd_variant(scheme: str, key: str, seed: int, group: str) -> list[dict[str, Any]]:
@@ -642,6 +663,8 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
     late = [k for k, (_, c) in C_VARIANTS.items() if c.get("teacher") == "teacher_restart2"]
     for key in (k for k in C_VARIANTS if k not in late):
         plan += [variant_group("C", key, seed) for seed in variant_seeds(key)]
+    for key in C_OWN_BASELINE_VARIANTS:  # with C's rows here; added later, so it runs later
+        plan.append((f"C_{key}", lambda key=key: scheme_c(f"C_{key}", variant=key)))
     for seed in seeds:  # each seed's baselines, then its variants
         plan.append(
             (
@@ -677,8 +700,10 @@ def gap_recovered(rows: list[dict[str, Any]], student: str) -> list[dict[str, An
 
     Scheme B, and each of its variants (``B (τ=4)``), pairs each seed's distilled row with the
     same seed's baseline; scheme C, and each of its variants (``C (τ=2)``, ...), likewise with
-    C's fine-tuned baseline of the same seed; the 4-bit scheme B (``B W4A8 (τ=4)``) with the 4-bit
-    baseline of its seed, against the same float row (its gap is float − W4A8 alone);
+    C's fine-tuned baseline of the same seed, except a `C_OWN_BASELINE_VARIANTS` entry
+    (``C (τ=4, lr ×3)``), paired with its own baseline; the 4-bit scheme B (``B W4A8 (τ=4)``)
+    with the 4-bit baseline of its seed, against the same float row (its gap is float − W4A8
+    alone);
     A and the progressive + KD row with the mean of the ternary baselines.
     """
     float_rows = [r for r in rows if r["row"] == f"float {student}"]
@@ -722,6 +747,9 @@ def gap_recovered(rows: list[dict[str, Any]], student: str) -> list[dict[str, An
     paired("C", C_KD_ROW, c_alone)
     for label, _ in C_VARIANTS.values():
         paired(f"C ({label})", f"{C_KD_ROW} ({label})", c_alone)
+    for label, _ in C_OWN_BASELINE_VARIANTS.values():
+        baseline, distilled = c_own_baseline_rows(label)
+        paired(f"C ({LATE_KD[0]}, {label})", distilled, by_seed(baseline))
     alone_values = [v for v in ternary_alone.values() if v is not None]
     if alone_values:
         mean_alone = statistics.fmean(alone_values)

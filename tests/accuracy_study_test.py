@@ -79,6 +79,7 @@ def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restar
         "teacher_restart2",
         "C_teacher_restart2",
     ]
+    assert names.index("C_tau4_seed2") < names.index("C_lr3") < names.index("B_seed0")
     assert len(names) == len(set(names))
 
 
@@ -105,6 +106,8 @@ def test_gap_recovered_pairs_each_distilled_row_with_its_seeds_baseline():
         {"row": "W4A8 alone", "seed": 0, "tflite_top1": 0.86},
         {"row": "W4A8 + KD scheme B (τ=4)", "seed": 0, "tflite_top1": 0.89},
         {"row": "ternary W2A8 + KD scheme A (τ=4)", "seed": 0, "tflite_top1": 0.83},
+        {"row": "ternary W2A8 fine-tuned alone (C baseline, lr ×3)", "seed": 0, "tflite_top1": 0.8},
+        {"row": "ternary W2A8 + KD scheme C (τ=4, lr ×3)", "seed": 0, "tflite_top1": 0.86},
     ]
     by_scheme = {gain["scheme"]: gain for gain in gap_recovered(rows, "resnet20")}
 
@@ -119,6 +122,8 @@ def test_gap_recovered_pairs_each_distilled_row_with_its_seeds_baseline():
     assert by_scheme["C (τ=2)"]["recovered"]["mean"] == pytest.approx(0.5)
     assert by_scheme["C (τ=2)"]["gain_points"]["n"] == 1
     assert "C (τ=4)" not in by_scheme
+    # A variant that changes the fine-tuning has its own baseline: (0.86 − 0.80) / (0.90 − 0.80).
+    assert by_scheme["C (τ=4, lr ×3)"]["per_seed"] == pytest.approx([0.6])
     # A B variant is paired with the ternary baseline of its seed: 0.1 (seed 0), 0.75 (seed 1).
     assert by_scheme["B (τ=4)"]["per_seed"] == pytest.approx([0.1, 0.75])
     assert by_scheme["B (τ=4)"]["gain_points"]["mean"] == pytest.approx(3.5)
