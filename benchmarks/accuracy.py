@@ -783,10 +783,11 @@ def main(argv: list[str]) -> None:
     work_dir = Path(f.work_dir)
     output = Path(f.output)
     table: dict[str, Any] = json.loads(output.read_text()) if output.exists() else {}
+    plan = _plan(work_dir)
     if f.report:
         if not table:
             raise SystemExit(f"error: --report: {output} does not exist yet.")
-        print_report(table)
+        print_report(table, [name for name, _ in plan])
         return
     budget = _budget()
     if table.get("budget", budget) != budget:
@@ -796,7 +797,6 @@ def main(argv: list[str]) -> None:
         )
     table["budget"] = budget
     groups = table.setdefault("groups", {})
-    plan = _plan(work_dir)
     unknown = sorted(set(f.groups) - {name for name, _ in plan})
     if unknown:
         raise SystemExit(f"error: --groups {unknown} unknown; known: {[n for n, _ in plan]}")
@@ -838,21 +838,89 @@ def main(argv: list[str]) -> None:
             "alternating rounds of 100 invokes)"
         )
     reporting.write_json(output, table)
-    print_report(table)
+    print_report(table, [name for name, _ in plan])
 
 
-def print_report(table: dict[str, Any]) -> None:
-    """Print the machine line, the table of every row and the gap recovered per scheme (computed
-    again from the rows, so an older JSON is reported with today's pairing)."""
+def summarise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per row name (in order of first appearance), its seeds pooled.
+
+    Top-1 is the mean over seeds, ± the sample standard deviation where there are several
+    (s = √(Σ(x − x̄)² / (n − 1))); agreement is the lowest of the seeds; epochs to 95% lists each
+    seed's; s/epoch and LiteRT ms are medians; sizes are the first seed's (the seeds of a row
+    differ in weights only, and their packed sizes are equal).
+    """
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_name.setdefault(row["row"], []).append(row)
+
+    def spread(values: list[float]) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.4f}"
+        return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+    def median(values: list[Any]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    summary = []
+    for name, seeds in by_name.items():
+        summary.append(
+            {
+                "row": name,
+                "seeds": ", ".join(str(r["seed"]) for r in seeds),
+                "keras_top1": spread([r["keras_top1"] for r in seeds]),
+                "tflite_top1": spread([r["tflite_top1"] for r in seeds]),
+                "agreement_min": min(r["agreement"]["top1_agreement"] for r in seeds),
+                "gzip_bytes": seeds[0].get("gzip_bytes"),
+                "packed_bytes": seeds[0].get("packed_bytes"),
+                "epochs_to_95": ", ".join(str(r.get("epochs_to_95")) for r in seeds),
+                "seconds_per_epoch": median([r.get("seconds_per_epoch") for r in seeds]),
+                "latency_ms": median([r.get("latency_ms") for r in seeds]),
+            }
+        )
+    return summary
+
+
+def print_report(table: dict[str, Any], group_order: list[str] | None = None) -> None:
+    """Print the machine line, the table of every row with its seeds pooled (`summarise_rows`),
+    the table of every run, and the gap recovered per scheme (computed again from the rows, so an
+    older JSON is reported with today's pairing).
+
+    Groups are reported in `group_order` (the plan's: float networks, C, B, W4A8, progressive,
+    A, HAKD, ...), then any others in the order they finished; default: the order they finished.
+    """
     if "machine" in table:
         machine = table["machine"]
         print(
             f"\nMachine: {machine['cpu']}, {machine['cores']} cores, TF {machine['tensorflow']}, "
             f"{machine['date']}. Budget: {table['budget']}"
         )
-    rows = [dict(row) for group in table.get("groups", {}).values() for row in group]
+    groups = table.get("groups", {})
+    order = [g for g in group_order or [] if g in groups] + [
+        g for g in groups if g not in (group_order or [])
+    ]
+    rows = [dict(row) for name in order for row in groups[name]]
     for row in rows:
         row["agreement_top1"] = row["agreement"]["top1_agreement"]
+    print("\nEvery row, seeds pooled (top-1: mean ± std over seeds; agreement: the lowest):")
+    print(
+        reporting.markdown_table(
+            summarise_rows(rows),
+            [
+                ("row", "row"),
+                ("seeds", "seeds"),
+                ("keras_top1", "Keras top-1"),
+                ("tflite_top1", "TFLite top-1"),
+                ("agreement_min", "agreement"),
+                ("gzip_bytes", "gzip B"),
+                ("packed_bytes", "packed B"),
+                ("epochs_to_95", "epochs to 95%"),
+                ("seconds_per_epoch", "s/epoch"),
+                ("latency_ms", "LiteRT ms"),
+            ],
+        )
+    )
+    print("\nEvery run:")
     print(
         reporting.markdown_table(
             rows,

@@ -19,6 +19,7 @@ from benchmarks.accuracy import (
     record_provenance,
     resume_archive,
     row_file_name,
+    summarise_rows,
     unpack_resume,
 )
 
@@ -194,6 +195,37 @@ def test_provenance_comes_from_the_recipes_results_and_is_recorded_once(tmp_path
     assert distilled[0]["machine"]["cpu_family_model"] == "25/17"
 
 
+def test_summary_pools_each_rows_seeds_in_order_of_first_appearance():
+    def run(name, seed, top1, seconds, epochs):
+        return {
+            "row": name,
+            "seed": seed,
+            "keras_top1": top1,
+            "tflite_top1": top1,
+            "agreement": {"top1_agreement": 0.99 + seed / 1000},
+            "packed_bytes": 78112,
+            "epochs_to_95": epochs,
+            "seconds_per_epoch": seconds,
+        }
+
+    rows = [
+        run("float resnet20", 0, 0.87, 250.0, 10),
+        run("ternary W2A8 alone", 0, 0.85, 180.0, 10),
+        run("ternary W2A8 alone", 1, 0.86, 120.0, 9),
+        run("ternary W2A8 alone", 2, 0.87, 130.0, 10),
+    ]
+    summary = summarise_rows(rows)
+    assert [line["row"] for line in summary] == ["float resnet20", "ternary W2A8 alone"]
+    alone = summary[1]
+    assert alone["seeds"] == "0, 1, 2"
+    assert alone["tflite_top1"] == "0.8600 ± 0.0100"  # mean, sample standard deviation
+    assert alone["agreement_min"] == pytest.approx(0.99)
+    assert alone["epochs_to_95"] == "10, 9, 10"
+    assert alone["seconds_per_epoch"] == 130.0  # median
+    assert alone["latency_ms"] is None  # not timed yet
+    assert summary[0]["tflite_top1"] == "0.8700"  # one seed: no spread
+
+
 def test_report_prints_every_row_and_the_gain_computed_from_the_rows(capsys):
     def row(name, top1, seed=0):
         return {
@@ -215,4 +247,10 @@ def test_report_prints_every_row_and_the_gain_computed_from_the_rows(capsys):
     print_report(table)
     printed = capsys.readouterr().out
     assert "| ternary W2A8 + KD scheme B | 0 | 0.8600 | 0.8600 |" in printed
+    assert "| ternary W2A8 + KD scheme B | 0 | 0.8600 | 0.8600 | 1.0000 |" in printed  # pooled
     assert "scheme B: gap recovered 0.600, gain 6.000 points" in printed
+    assert printed.index("| float resnet20 |") < printed.index("| ternary W2A8 alone |")
+
+    print_report(table, group_order=["B_seed0"])  # the plan's order first, then the others
+    printed = capsys.readouterr().out
+    assert printed.index("| ternary W2A8 alone |") < printed.index("| float resnet20 |")
