@@ -10,6 +10,7 @@ from absl.testing import flagsaver
 
 from benchmarks.accuracy import (
     FLOAT_GROUP_FILES,
+    HAKD_GRID,
     _plan,
     epochs_to_95,
     gap_recovered,
@@ -22,6 +23,7 @@ from benchmarks.accuracy import (
     summarise_rows,
     unpack_resume,
 )
+from recipes import hakd
 
 
 def test_row_file_name_is_the_row_in_lower_case_with_underscores():
@@ -82,6 +84,14 @@ def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restar
     ]
     assert names.index("C_tau4_seed2") < names.index("C_lr3") < names.index("B_seed0")
     assert len(names) == len(set(names))
+
+
+def test_the_hakd_grid_is_one_the_recipe_accepts(tmp_path):
+    checked = hakd.validate(
+        hakd.HAKDConfig(family="resnet", grid=json.dumps(HAKD_GRID), output_dir=str(tmp_path))
+    )
+    assert len(checked.grid) == 15
+    assert {"depth": 20, "width_multiplier": 1.0} in checked.grid  # the float student's shape
 
 
 def test_epochs_to_95_is_the_first_epoch_within_95_percent_of_the_last():
