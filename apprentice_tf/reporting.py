@@ -121,6 +121,16 @@ def plot_curves(
     return path
 
 
+#: Axis titles of the result keys the plots draw (other keys are shown as they are).
+_AXIS_TITLES = {
+    "packed_bytes": "packed size (bytes: weights at their bit width)",
+    "gzip_bytes": "gzip -9 size of the .tflite file (bytes)",
+    "file_bytes": ".tflite file size (bytes)",
+    "tflite_top1": "TFLite top-1",
+    "keras_top1": "Keras top-1",
+}
+
+
 def plot_accuracy_vs_size(
     rows: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -153,8 +163,8 @@ def plot_accuracy_vs_size(
             label=label if len(group) == 1 else f"{label} ({len(group)} runs)",
         )
     ax.set_xscale("log")
-    ax.set_xlabel(f"{size_key} (bytes)")
-    ax.set_ylabel(accuracy_key)
+    ax.set_xlabel(_AXIS_TITLES.get(size_key, f"{size_key} (bytes)"))
+    ax.set_ylabel(_AXIS_TITLES.get(accuracy_key, accuracy_key))
     ax.grid(alpha=0.3)
     if plotted:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
