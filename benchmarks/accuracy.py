@@ -165,6 +165,9 @@ C_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gamma1": ("γ=1", {"gamma": 1.0}),
     "teacher15": ("15-epoch teacher", {"teacher": "teacher"}),
     "teacher_restart2": ("teacher restarted twice", {"teacher": "teacher_restart2"}),
+    # Intel Distiller's KD setting (0.3 labels, 0.7 soft term, τ=5), under which its DoReFa W3A8
+    # students lost about 10 points: does the loss alone collapse our ternary student?
+    "distiller": ("Distiller's β=0.3, γ=0.7, τ=5", {"beta": 0.3, "gamma": 0.7, "temperature": 5.0}),
 }
 #: Scheme C variants that change the fine-tuning itself, so they run their own baseline (group
 #: ``C_<key>``, both rows): their label and the `ApprenticeConfig` changes of both stages; the
