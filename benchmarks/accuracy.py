@@ -856,8 +856,25 @@ def main(argv: list[str]) -> None:
     print_report(table, [name for name, _ in plan])
 
 
+#: The report's columns, (key, header), of both its tables: one line per run, and one per row
+#: with its seeds pooled (`summarise_rows`, whose lines have the same keys).
+REPORT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("row", "row"),
+    ("seed", "seed"),
+    ("keras_top1", "Keras top-1"),
+    ("tflite_top1", "TFLite top-1"),
+    ("agreement_top1", "agreement"),
+    ("gzip_bytes", "gzip B"),
+    ("packed_bytes", "packed B"),
+    ("epochs_to_95", "epochs to 95%"),
+    ("seconds_per_epoch", "s/epoch"),
+    ("latency_ms", "LiteRT ms"),
+)
+
+
 def summarise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per row name (in order of first appearance), its seeds pooled.
+    """One line per row name (in order of first appearance), its seeds pooled, with the keys of
+    `REPORT_COLUMNS` (``seed``: the seeds, comma-separated).
 
     Top-1 is the mean over seeds, ± the sample standard deviation where there are several
     (s = √(Σ(x − x̄)² / (n − 1))); agreement is the lowest of the seeds; epochs to 95% lists each
@@ -869,9 +886,10 @@ def summarise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_name.setdefault(row["row"], []).append(row)
 
     def spread(values: list[float]) -> str:
-        if len(values) == 1:
-            return f"{values[0]:.4f}"
-        return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+        pooled = _mean_std(values)
+        if pooled["n"] == 1:
+            return f"{pooled['mean']:.4f}"
+        return f"{pooled['mean']:.4f} ± {pooled['std']:.4f}"
 
     def median(values: list[Any]) -> float | None:
         present = [v for v in values if v is not None]
@@ -882,10 +900,10 @@ def summarise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.append(
             {
                 "row": name,
-                "seeds": ", ".join(str(r["seed"]) for r in seeds),
+                "seed": ", ".join(str(r["seed"]) for r in seeds),
                 "keras_top1": spread([r["keras_top1"] for r in seeds]),
                 "tflite_top1": spread([r["tflite_top1"] for r in seeds]),
-                "agreement_min": min(r["agreement"]["top1_agreement"] for r in seeds),
+                "agreement_top1": min(r["agreement"]["top1_agreement"] for r in seeds),
                 "gzip_bytes": seeds[0].get("gzip_bytes"),
                 "packed_bytes": seeds[0].get("packed_bytes"),
                 "epochs_to_95": ", ".join(str(r.get("epochs_to_95")) for r in seeds),
@@ -911,48 +929,15 @@ def print_report(table: dict[str, Any], group_order: list[str] | None = None) ->
             f"{machine['date']}. Budget: {table['budget']}"
         )
     groups = table.get("groups", {})
-    order = [g for g in group_order or [] if g in groups] + [
-        g for g in groups if g not in (group_order or [])
-    ]
+    planned = [name for name in group_order or () if name in groups]
+    order = planned + [name for name in groups if name not in planned]
     rows = [dict(row) for name in order for row in groups[name]]
     for row in rows:
         row["agreement_top1"] = row["agreement"]["top1_agreement"]
     print("\nEvery row, seeds pooled (top-1: mean ± std over seeds; agreement: the lowest):")
-    print(
-        reporting.markdown_table(
-            summarise_rows(rows),
-            [
-                ("row", "row"),
-                ("seeds", "seeds"),
-                ("keras_top1", "Keras top-1"),
-                ("tflite_top1", "TFLite top-1"),
-                ("agreement_min", "agreement"),
-                ("gzip_bytes", "gzip B"),
-                ("packed_bytes", "packed B"),
-                ("epochs_to_95", "epochs to 95%"),
-                ("seconds_per_epoch", "s/epoch"),
-                ("latency_ms", "LiteRT ms"),
-            ],
-        )
-    )
+    print(reporting.markdown_table(summarise_rows(rows), REPORT_COLUMNS))
     print("\nEvery run:")
-    print(
-        reporting.markdown_table(
-            rows,
-            [
-                ("row", "row"),
-                ("seed", "seed"),
-                ("keras_top1", "Keras top-1"),
-                ("tflite_top1", "TFLite top-1"),
-                ("agreement_top1", "agreement"),
-                ("gzip_bytes", "gzip B"),
-                ("packed_bytes", "packed B"),
-                ("epochs_to_95", "epochs to 95%"),
-                ("seconds_per_epoch", "s/epoch"),
-                ("latency_ms", "LiteRT ms"),
-            ],
-        )
-    )
+    print(reporting.markdown_table(rows, REPORT_COLUMNS))
     print()
     gains = gap_recovered(rows, table["budget"]["student"]) if rows else []
     for gain in gains:

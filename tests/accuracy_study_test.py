@@ -227,9 +227,9 @@ def test_summary_pools_each_rows_seeds_in_order_of_first_appearance():
     summary = summarise_rows(rows)
     assert [line["row"] for line in summary] == ["float resnet20", "ternary W2A8 alone"]
     alone = summary[1]
-    assert alone["seeds"] == "0, 1, 2"
+    assert alone["seed"] == "0, 1, 2"
     assert alone["tflite_top1"] == "0.8600 ± 0.0100"  # mean, sample standard deviation
-    assert alone["agreement_min"] == pytest.approx(0.99)
+    assert alone["agreement_top1"] == pytest.approx(0.99)
     assert alone["epochs_to_95"] == "10, 9, 10"
     assert alone["seconds_per_epoch"] == 130.0  # median
     assert alone["latency_ms"] is None  # not timed yet
