@@ -64,6 +64,8 @@ end of a sitting can be carried over too: stop the study, then ``--pack`` packs 
 group's work directory (its finished stages and the last epoch's backup, without the .tflite
 files and the re-saved teacher.keras) into ``<artifacts_dir>/resume/<group>.tar.gz``; the next
 sitting unpacks it where the work directory lacks the group, and deletes it once the group is done.
+Each pack records its sitting (machine, float policy, epochs logged) in the archive, and the
+group's rows carry that list as ``carried_over``.
 
 The report prints the table (Keras and TFLite top-1, their agreement over the whole test split,
 gzip and packed bytes, epochs to reach 95% of the row's final validation accuracy, seconds per
@@ -91,7 +93,7 @@ from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import reporting, tflite
+from apprentice_tf import precision, reporting, tflite
 from recipes import apprentice, hakd, pretrain, progressive
 
 # Flags other benchmarks also define may be overridden, so benchmarks can be imported together.
@@ -247,8 +249,10 @@ def record_provenance(
     """Give each row of a finished group, if it has none yet, the machine it trained on (CPU
     family/model, date) and the dtype policy its float networks trained under (``float_policy``),
     as the recipe's results.json says: the kept one of a float group, else the work directory's
-    (float32 if it records none, as results written before ``--precision`` existed). Rows that
-    have both are left as they are.
+    (float32 if it records none, as results written before ``--precision`` existed); for a group
+    carried over from earlier sittings, also ``carried_over``, the sittings its
+    `CARRIED_OVER_FILE` lists (``machine`` is then the sitting that finished it). Rows that have
+    both ``machine`` and ``float_policy`` are left as they are.
     """
     kept = artifacts / group / "results.json"
     path = kept if group in FLOAT_GROUPS and kept.exists() else work_dir / group / "results.json"
@@ -256,10 +260,21 @@ def record_provenance(
         return
     results = json.loads(path.read_text())
     machine, policy = results["machine"], results.get("training_policy", "float32")
+    carried = work_dir / group / CARRIED_OVER_FILE
+    sittings = json.loads(carried.read_text()) if carried.exists() else None
     for row in rows:
         row.setdefault("machine", {key: machine[key] for key in ("cpu_family_model", "date")})
         row.setdefault("float_policy", policy)
+        if sittings:
+            row.setdefault("carried_over", sittings)
 
+
+#: The record, in an unfinished group's work directory, of each sitting that packed it: its machine
+#: (CPU family/model, date), the float policy ``--precision=auto`` picks there, and how many
+#: epochs each training log (CSV) of the group held when it was packed. `pack_resume` appends to
+#: it, the archive carries it, and `record_provenance` copies it into the group's rows as
+#: ``carried_over``: a group that trained on several machines says which epochs ran where.
+CARRIED_OVER_FILE = "carried_over.json"
 
 #: Files of a work directory that a resume archive leaves out: the deployed files (made again at
 #: the end of the group) and the teacher a recipe saves again from --teacher_checkpoint.
@@ -272,12 +287,23 @@ def resume_archive(artifacts: Path, group: str) -> Path:
 
 
 def pack_resume(group: str, work_dir: Path, artifacts: Path) -> Path | None:
-    """Pack ``work_dir/group`` (less `RESUME_EXCLUDED`) into `resume_archive`; None if the group
-    has no work directory. Stop the process training the group first: a backup being written
-    would be packed half-written."""
+    """Record this sitting in the group's `CARRIED_OVER_FILE`, then pack ``work_dir/group`` (less
+    `RESUME_EXCLUDED`) into `resume_archive`; None if the group has no work directory. Stop the
+    process training the group first: a backup being written would be packed half-written."""
     source = work_dir / group
     if not source.is_dir():
         return None
+    record = source / CARRIED_OVER_FILE
+    sittings = json.loads(record.read_text()) if record.exists() else []
+    machine = reporting.machine_info()
+    sitting = {
+        "cpu_family_model": machine["cpu_family_model"],
+        "date": machine["date"],
+        "float_policy": precision.training_policy("auto"),
+        "epochs_logged": {log.name: _logged_epochs(log) for log in sorted(source.glob("*.csv"))},
+    }
+    if not sittings or sittings[-1] != sitting:  # packing twice in one sitting records it once
+        reporting.write_json(record, [*sittings, sitting])
     archive = resume_archive(artifacts, group)
     archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_name(archive.name + ".partial")
@@ -428,6 +454,11 @@ def epochs_to_95(curve: list[float]) -> int | None:
         return None
     target = 0.95 * curve[-1]
     return next(epoch for epoch, value in enumerate(curve, start=1) if value >= target)
+
+
+def _logged_epochs(log: Path) -> int:
+    """How many epochs a recipe's CSV training log holds (its lines after the header)."""
+    return sum(1 for line in log.read_text().splitlines()[1:] if line.strip())
 
 
 def _seconds_per_epoch(work: Path, stage: str) -> float | None:

@@ -8,7 +8,9 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
+from apprentice_tf import precision, reporting
 from benchmarks.accuracy import (
+    CARRIED_OVER_FILE,
     FLOAT_GROUP_FILES,
     HAKD_GRID,
     _plan,
@@ -167,11 +169,36 @@ def test_an_unfinished_group_moves_to_another_machine_through_its_resume_archive
         "B_seed0/backup/distill/chief/checkpoint",
         "B_seed0/baseline.csv",
         "B_seed0/baseline.weights.h5",
+        f"B_seed0/{CARRIED_OVER_FILE}",
     ]
     # A work directory that already holds the group is newer than any archive: left alone.
     (elsewhere / "B_seed0" / "baseline.csv").write_text("newer")
     assert not unpack_resume("B_seed0", elsewhere, artifacts)
     assert (elsewhere / "B_seed0" / "baseline.csv").read_text() == "newer"
+
+
+def test_a_carried_over_group_says_which_epochs_ran_on_which_machine(tmp_path):
+    work, artifacts, elsewhere = tmp_path / "work", tmp_path / "kept", tmp_path / "new_machine"
+    (work / "B_seed0").mkdir(parents=True)
+    (work / "B_seed0" / "distill.csv").write_text("epoch,accuracy\n0,0.5\n1,0.6\n\n")
+    pack_resume("B_seed0", work, artifacts)
+    pack_resume("B_seed0", work, artifacts)  # packed again in the same sitting: recorded once
+    unpack_resume("B_seed0", elsewhere, artifacts)
+    with open(elsewhere / "B_seed0" / "distill.csv", "a") as log:
+        log.write("2,0.7\n")
+    pack_resume("B_seed0", elsewhere, artifacts)  # a second sitting carries it on
+    sittings = json.loads((elsewhere / "B_seed0" / CARRIED_OVER_FILE).read_text())
+    machine = reporting.machine_info()
+    assert [s["epochs_logged"] for s in sittings] == [{"distill.csv": 2}, {"distill.csv": 3}]
+    assert {s["cpu_family_model"] for s in sittings} == {machine["cpu_family_model"]}
+    assert {s["float_policy"] for s in sittings} <= set(precision.POLICIES)
+
+    (elsewhere / "B_seed0" / "results.json").write_text(
+        json.dumps({"machine": machine, "training_policy": "float32"})
+    )
+    rows = [{"row": "alone"}, {"row": "distilled"}]
+    record_provenance("B_seed0", rows, elsewhere, artifacts)
+    assert [row["carried_over"] for row in rows] == [sittings, sittings]
 
 
 def test_provenance_comes_from_the_recipes_results_and_is_recorded_once(tmp_path):
