@@ -35,7 +35,8 @@ progressive_authors  the same with the form of the authors' code (METHODS.md §2
                   quarter of training
 progressive_B     our form again, distilled from the teacher (at `LATE_KD`'s τ)
 A                 scheme A: ternary student and teacher trained together from scratch (at
-                  `LATE_KD`'s τ)
+                  `LATE_KD`'s τ); both rows, the teacher being as much a result of A as the
+                  student (it learns in the student's 15 epochs, not in its own 35)
 HAKD              the float CIFAR ResNet student HAKD selects from `HAKD_GRID` under
                   ``--hakd_budget_ms`` (LiteRT, batch 1, 1 thread), distilled from the teacher
                   (at `LATE_KD`'s τ), against magnitude- and channel-pruned copies of the
@@ -199,6 +200,8 @@ W4_ALONE_ROW = f"{STUDENT_BITS['4']} alone"
 W4_KD_ROW = f"{STUDENT_BITS['4']} + KD scheme B ({LATE_KD[0]})"
 A_KD_ROW = f"ternary W2A8 + KD scheme A ({LATE_KD[0]})"
 PROGRESSIVE_KD_ROW = f"ternary W2A8 progressive + KD scheme B ({LATE_KD[0]})"
+#: Row name of scheme A's teacher (format with the teacher's model name).
+A_TEACHER_ROW = "teacher {} (float, trained jointly in scheme A, " + f"{LATE_KD[0]})"
 
 
 def c_own_baseline_rows(label: str) -> tuple[str, str]:
@@ -509,6 +512,25 @@ def _by_scheme(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["scheme"]: row for row in results["rows"]}
 
 
+def scheme_a_rows(results: dict[str, Any], work: Path, teacher: str) -> list[dict[str, Any]]:
+    """The study's rows of a scheme-A run of `recipes.apprentice` (its ``results``, written in
+    `work`): the teacher trained with the student (`A_TEACHER_ROW`, its validation curve that of
+    the teacher inside the joint run) and the distilled student (`A_KD_ROW`); both times per
+    epoch are the joint run's."""
+    by_scheme = _by_scheme(results)
+    curves = results["curves"]
+    return [
+        _row(
+            by_scheme["teacher"],
+            A_TEACHER_ROW.format(teacher),
+            curves["teacher (A, joint)"],
+            work,
+            "distill",
+        ),
+        _row(by_scheme["A"], A_KD_ROW, curves["distilled (A)"], work, "distill"),
+    ]
+
+
 def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]]:
     f = flags.FLAGS
     student = f.student
@@ -644,16 +666,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
     def scheme_a() -> list[dict[str, Any]]:
         work = work_dir / "A"
         results = _apprentice("A", "ternary", work, baseline=False, **LATE_KD[1])
-        row = _by_scheme(results)["A"]
-        return [
-            _row(
-                row,
-                A_KD_ROW,
-                results["curves"]["distilled (A)"],
-                work,
-                "distill",
-            )
-        ]
+        return scheme_a_rows(results, work, f.teacher)
 
     def hakd_group() -> list[dict[str, Any]]:
         work = work_dir / "HAKD"

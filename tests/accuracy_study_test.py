@@ -22,6 +22,7 @@ from benchmarks.accuracy import (
     record_provenance,
     resume_archive,
     row_file_name,
+    scheme_a_rows,
     summarise_rows,
     unpack_resume,
 )
@@ -291,3 +292,28 @@ def test_report_prints_every_row_and_the_gain_computed_from_the_rows(capsys):
     print_report(table, group_order=["B_seed0"])  # the plan's order first, then the others
     printed = capsys.readouterr().out
     assert printed.index("| ternary W2A8 alone |") < printed.index("| float resnet20 |")
+
+
+def test_scheme_a_keeps_its_jointly_trained_teacher_beside_the_student(tmp_path):
+    (tmp_path / "distill.csv").write_text("epoch,seconds\n0,400\n1,500\n2,460\n")
+
+    def deployed(scheme, top1):
+        return {
+            "scheme": scheme,
+            "model": "m",
+            "bits": "b",
+            "tflite_top1": top1,
+            "keras_top1": top1,
+            "agreement": {"top1_agreement": 1.0},
+        }
+
+    results = {
+        "rows": [deployed("teacher", 0.86), deployed("A", 0.85)],
+        "curves": {"teacher (A, joint)": [0.4, 0.83, 0.86], "distilled (A)": [0.5, 0.7, 0.85]},
+    }
+    teacher, student = scheme_a_rows(results, tmp_path, "resnet56")
+    assert teacher["row"] == "teacher resnet56 (float, trained jointly in scheme A, τ=4)"
+    assert student["row"] == "ternary W2A8 + KD scheme A (τ=4)"
+    assert (teacher["tflite_top1"], student["tflite_top1"]) == (0.86, 0.85)
+    assert (teacher["epochs_to_95"], student["epochs_to_95"]) == (2, 3)
+    assert teacher["seconds_per_epoch"] == student["seconds_per_epoch"] == 460
