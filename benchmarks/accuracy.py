@@ -82,6 +82,7 @@ benchmarks/results/accuracy.json.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -303,7 +304,7 @@ def pack_resume(group: str, work_dir: Path, artifacts: Path) -> Path | None:
         "cpu_family_model": machine["cpu_family_model"],
         "date": machine["date"],
         "float_policy": precision.training_policy("auto"),
-        "epochs_logged": {log.name: _logged_epochs(log) for log in sorted(source.glob("*.csv"))},
+        "epochs_logged": {log.name: len(_log_epochs(log)) for log in sorted(source.glob("*.csv"))},
     }
     if not sittings or sittings[-1] != sitting:  # packing twice in one sitting records it once
         reporting.write_json(record, [*sittings, sitting])
@@ -459,22 +460,17 @@ def epochs_to_95(curve: list[float]) -> int | None:
     return next(epoch for epoch, value in enumerate(curve, start=1) if value >= target)
 
 
-def _logged_epochs(log: Path) -> int:
-    """How many epochs a recipe's CSV training log holds (its lines after the header)."""
-    return sum(1 for line in log.read_text().splitlines()[1:] if line.strip())
+def _log_epochs(log: Path) -> list[dict[str, str]]:
+    """The epoch rows of a recipe's CSV training log (Keras `CSVLogger`); [] if there is none."""
+    if not log.exists():
+        return []
+    with log.open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _seconds_per_epoch(work: Path, stage: str) -> float | None:
     """Median wall seconds per epoch of a recipe stage, from its CSV log."""
-    log = work / f"{stage}.csv"
-    if not log.exists():
-        return None
-    lines = log.read_text().splitlines()
-    header = lines[0].split(",") if lines else []
-    if "seconds" not in header:
-        return None
-    column = header.index("seconds")
-    seconds = [float(line.split(",")[column]) for line in lines[1:] if line.strip()]
+    seconds = [float(e["seconds"]) for e in _log_epochs(work / f"{stage}.csv") if e.get("seconds")]
     return statistics.median(seconds) if seconds else None
 
 
