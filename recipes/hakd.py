@@ -824,8 +824,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Define one absl flag per `HAKDConfig` field, with its default and `_HELP` text.
 
-    Called by whatever runs the recipe as a program (its ``__main__``, ``apprentice-tf run``),
-    never on import: importing a recipe leaves the importing program's flags alone.
+    Programs that run the recipe call it, importers do not (`_common.define_flags` says why).
     """
     _common.define_flags(HAKDConfig, _HELP, flag_values, enums={"precision": precision.POLICIES})
 

@@ -115,8 +115,7 @@ _HELP: dict[str, str] = {
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Define the recipe's flags (`_HELP`; defaults from `QuickstartConfig`) in `flag_values`.
 
-    Called by whatever runs the recipe as a program (its ``__main__``, ``apprentice-tf run``),
-    never on import: importing a recipe leaves the importing program's flags alone.
+    Programs that run the recipe call it, importers do not (`_common.define_flags` says why).
     """
     _common.define_flags(QuickstartConfig, _HELP, flag_values)
 
