@@ -43,8 +43,9 @@ HAKD              the float CIFAR ResNet student HAKD selects from `HAKD_GRID` u
                   teacher at about the same measured latency
 teacher_restart2  the restarted teacher trained `SECOND_RESTART_EPOCHS` more from its weights
                   (a second warm restart): does a stronger teacher distil better? (before
-                  ``C_teacher_restart2``, which distils from it; last, as an investigation of the
-                  missed teacher goal rather than a row the study needs)
+                  ``C_teacher_restart2``, which distils from it at τ=4, to set against C's τ=4
+                  row of seed 0; last, as an investigation of the missed teacher goal rather than
+                  a row the study needs)
 ================  =================================================================================
 
 The rows distilled before τ=4 stood out (scheme B and C on every seed, C's other variants) use
@@ -168,7 +169,12 @@ C_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "tau4": ("τ=4", {"temperature": 4.0}),
     "gamma1": ("γ=1", {"gamma": 1.0}),
     "teacher15": ("15-epoch teacher", {"teacher": "teacher"}),
-    "teacher_restart2": ("teacher restarted twice", {"teacher": "teacher_restart2"}),
+    # At τ=4, so that it differs from ``tau4`` (seed 0) in the teacher only: at τ=1 C gained
+    # nothing from either teacher, which would leave a stronger teacher's effect unmeasurable.
+    "teacher_restart2": (
+        "τ=4, teacher restarted twice",
+        {"temperature": 4.0, "teacher": "teacher_restart2"},
+    ),
     # Intel Distiller's KD setting (0.3 labels, 0.7 soft term, τ=5), under which its DoReFa W3A8
     # students lost about 10 points: does the loss alone collapse our ternary student?
     "distiller": ("Distiller's β=0.3, γ=0.7, τ=5", {"beta": 0.3, "gamma": 0.7, "temperature": 5.0}),

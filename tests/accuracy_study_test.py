@@ -10,6 +10,7 @@ from absl.testing import flagsaver
 
 from apprentice_tf import precision, reporting
 from benchmarks.accuracy import (
+    C_VARIANTS,
     CARRIED_OVER_FILE,
     FLOAT_GROUP_FILES,
     HAKD_GRID,
@@ -87,6 +88,13 @@ def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restar
     ]
     assert names.index("C_tau4_seed2") < names.index("C_lr3") < names.index("B_seed0")
     assert len(names) == len(set(names))
+
+
+def test_the_stronger_teacher_variant_differs_from_c_at_tau4_in_the_teacher_only():
+    _, stronger = C_VARIANTS["teacher_restart2"]
+    _, tau4 = C_VARIANTS["tau4"]
+    assert stronger["teacher"] == "teacher_restart2"
+    assert {k: v for k, v in stronger.items() if k != "teacher"} == tau4
 
 
 def test_the_hakd_grid_is_one_the_recipe_accepts(tmp_path):
