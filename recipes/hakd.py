@@ -6,7 +6,10 @@
    untimed and `--runs` timed invokes, median). With `--sweep`, single blocks are timed over a
    channel grid too (`hardware.layer_sweep`), and `hardware.find_steps` lists where latency jumps.
    Every measurement goes into one `LatencyTable` (`--table`, default
-   ``<output_dir>/latency_table.json``), so a rerun or a new budget times nothing again.
+   ``<output_dir>/latency_table.json``), so a rerun or a new budget times nothing again. The
+   device that chose is recorded in ``<output_dir>/target_device.json`` (`TARGET_DEVICE_FILE`):
+   a rerun into that directory on another machine (a resume) chooses from that device's rows of
+   the table again, timing nothing, so its stages go on training the networks they started with.
 2. **Select.** `hardware.select_student`: the candidate with the most parameters whose measured
    median latency is <= `--latency_budget_ms` (the faster of near-equal ones: just below a step).
    The additive estimate (sum of the student's measured blocks, `estimate_network_latency`) is
@@ -80,6 +83,10 @@ WEIGHT_BITS = ("", "ternary", "2", "4", "8")
 ACTIVATION_BITS = (8, 4, 0)
 AT_FORMS = ("squared_mean", "norm")
 STEP_NORMALIZE = ("macs", "")
+#: In ``--output_dir``: the fingerprint of the device whose measurements chose the student and
+#: the channel-pruning keep fraction, written when they are first chosen. A rerun into the
+#: directory (a resume) chooses from that device's rows of the table, wherever it runs.
+TARGET_DEVICE_FILE = "target_device.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +188,6 @@ _HELP: dict[str, str] = {
 
 
 # ----------------------------------------------------------------------------------------------
-# Latency of a deployed file
-
-
-# ----------------------------------------------------------------------------------------------
 # Flags and their checks
 
 
@@ -194,7 +197,8 @@ class _Checked:
 
     output_dir: Path
     table_path: Path
-    device: dict[str, Any]
+    device: dict[str, Any]  # this machine's fingerprint (where the deployed files are timed)
+    target_device: dict[str, Any]  # whose measurements choose: recorded by a first run, or this
     teacher_depth: int
     grid: tuple[dict[str, Any], ...] | None
     quantize: str | int | None
@@ -235,6 +239,23 @@ def _parse_grid(config: HAKDConfig) -> tuple[dict[str, Any], ...] | None:
         except (TypeError, ValueError) as error:
             raise RecipeError(f"--grid entry {kwargs}: {error}") from None
     return tuple(grid)
+
+
+def _recorded_target(output_dir: Path) -> dict[str, Any] | None:
+    """The device fingerprint in ``output_dir/TARGET_DEVICE_FILE``, or None if there is none."""
+    path = output_dir / TARGET_DEVICE_FILE
+    if not path.exists():
+        return None
+    try:
+        device = json.loads(path.read_text())
+        if not (isinstance(device, dict) and isinstance(device.get("id"), str)):
+            raise ValueError("it holds no device fingerprint with an 'id'")
+    except ValueError as error:
+        raise RecipeError(
+            f"{path} cannot be read ({error}); it records which device chose this run's "
+            "student. Restore it, or use a new --output_dir."
+        ) from None
+    return device
 
 
 def validate(config: HAKDConfig) -> _Checked:
@@ -301,6 +322,14 @@ def validate(config: HAKDConfig) -> _Checked:
             "--output_dir."
         )
     table_path = Path(config.table) if config.table else output_dir / "latency_table.json"
+    target_device = _recorded_target(output_dir) or device
+    if target_device["id"] != device["id"] and not table_path.exists():
+        raise RecipeError(
+            f"{output_dir / TARGET_DEVICE_FILE} says device {target_device['id']!r} chose this "
+            f"run's student, but its latency table {str(table_path)!r} is missing, and that "
+            f"device's latency cannot be measured here ({device['id']!r}). Restore the table, "
+            "or use a new --output_dir."
+        )
     if table_path.exists():
         try:
             table = hardware.LatencyTable.load(table_path)
@@ -308,7 +337,8 @@ def validate(config: HAKDConfig) -> _Checked:
             raise RecipeError(
                 f"latency table {str(table_path)!r} cannot be read: {error}"
             ) from None
-        foreign = table.foreign_devices(device["id"])
+        # A resume elsewhere chooses from the recording device's rows: those are expected.
+        foreign = [d for d in table.foreign_devices(device["id"]) if d != target_device["id"]]
         if foreign and not config.allow_foreign:
             raise RecipeError(
                 f"latency table {str(table_path)!r} holds measurements from another device "
@@ -332,6 +362,7 @@ def validate(config: HAKDConfig) -> _Checked:
         output_dir=output_dir,
         table_path=table_path,
         device=device,
+        target_device=target_device,
         teacher_depth=teacher_depth,
         grid=grid,
         quantize=quantize,
@@ -445,6 +476,7 @@ def _markdown(
     rows: Sequence[Mapping[str, Any]],
     extra: Mapping[str, Any],
     device: Mapping[str, Any],
+    target_device: Mapping[str, Any],
 ) -> str:
     shown = [
         {
@@ -470,6 +502,17 @@ def _markdown(
         f"{config.runs} runs after {config.warmup} warm-up, batch 1. Budget "
         f"**{config.latency_budget_ms:g} ms**; dataset {config.dataset} "
         f"({config.train_split} / {config.test_split}), {config.epochs} epoch(s).",
+        *(
+            []
+            if target_device["id"] == device["id"]
+            else [
+                "",
+                f"This run resumed here; the student, the keep fraction and the table columns "
+                f"come from device `{target_device['id']}` ({target_device['cpu']}, "
+                f"{target_device['cores']} cores), where it started; the deployed files were "
+                "timed here.",
+            ]
+        ),
         "",
         reporting.markdown_table(shown, _HAKD_COLUMNS),
         "",
@@ -559,8 +602,14 @@ def run(config: HAKDConfig) -> dict[str, Any]:
     settings = hardware.ProfileSettings(
         config.num_threads, config.runs, config.warmup, quantize=checked.quantize
     )
-    foreign = {"allow_foreign": config.allow_foreign}
-    extra: dict[str, Any] = {"device": checked.device}
+    # Whose measurements choose: this machine's (timing what the table lacks), or, when this run
+    # resumes on another machine, those of the device that first chose (looked up, never timed).
+    target = checked.target_device["id"]
+    elsewhere = target != checked.device["id"]
+    foreign = {"allow_foreign": config.allow_foreign or elsewhere, "device_id": target}
+    extra: dict[str, Any] = {"device": checked.device, "target_device": checked.target_device}
+    if elsewhere:
+        _log(start, f"resuming with the measurements of {target}, which chose this run's student")
 
     # 1. Optional layer sweep: where does latency step on this machine?
     sweep_png = None
@@ -603,8 +652,8 @@ def run(config: HAKDConfig) -> dict[str, Any]:
             profiled,
             config.latency_budget_ms,
             family=config.family,
-            allow_foreign=config.allow_foreign,
-            device_id=checked.device["id"],
+            allow_foreign=foreign["allow_foreign"],
+            device_id=target,
         )
     except ValueError as error:
         raise RecipeError(str(error)) from None
@@ -659,6 +708,8 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         "params": by_name["teacher"].params,
         "median_ms": by_name["teacher"].median_ms,
     }
+    if _recorded_target(output_dir) is None:  # chosen: a resume anywhere keeps these choices
+        reporting.write_json(output_dir / TARGET_DEVICE_FILE, checked.device)
 
     steps_per_epoch = _common.steps_per_epoch(train)
     teacher_epochs = config.teacher_epochs or config.epochs
@@ -812,7 +863,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         rows, config.latency_budget_ms, output_dir / "accuracy_vs_latency.png", selection.rows
     )
     standard = (output_dir / "results.md").read_text()
-    hakd_md = _markdown(config, rows, results, checked.device)
+    hakd_md = _markdown(config, rows, results, checked.device, checked.target_device)
     reporting.write_text(output_dir / "results.md", hakd_md + "\n" + standard)
     return results
 

@@ -173,6 +173,35 @@ def test_foreign_table_is_refused_without_allow_foreign(measured, tmp_path, invo
     assert hw.select_student(students, 5.0, allow_foreign=True).name == "a"
 
 
+def test_another_devices_rows_are_looked_up_never_timed(measured, tmp_path, invokes):
+    # A table measured on the target (or by the machine where a run started), used elsewhere.
+    _, path = measured
+    data = json.loads(path.read_text())
+    here = hw.device_fingerprint()["id"]
+    data["devices"] = {"phone-8c-0000": {**data["devices"][here], "id": "phone-8c-0000"}}
+    for row in data["rows"]:
+        row["device_id"] = "phone-8c-0000"
+        row["median_ms"] = 7.0
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(data))
+    rows = hw.profile(
+        TINY, runs=RUNS, warmup=1, cache=foreign, verbose=0, device_id="phone-8c-0000"
+    )
+    assert invokes == [] and json.loads(foreign.read_text()) == data
+    assert [r.name for r in rows] == ["conv", "separable"]
+    assert {r.device_id for r in rows} == {"phone-8c-0000"} and {r.median_ms for r in rows} == {7.0}
+
+    # A candidate the table lacks cannot be measured for that device here: refused, named.
+    extra = hw.BlockSpec("grouped", 8, 8, 8, groups=2)
+    with pytest.raises(ValueError, match=r"device_id='phone-8c-0000'.*\['" + extra.key):
+        hw.profile(
+            [TINY["conv"], extra], runs=RUNS, cache=foreign, verbose=0, device_id="phone-8c-0000"
+        )
+    assert invokes == [] and json.loads(foreign.read_text()) == data
+    with pytest.raises(ValueError, match="device_id"):
+        hw.profile(TINY, runs=RUNS, cache=foreign, verbose=0, device_id="")
+
+
 def test_device_fingerprint_is_stable_and_thread_independent():
     one, two = hw.device_fingerprint(1), hw.device_fingerprint(2)
     assert one["id"] == two["id"] and one["threads"] == 1 and two["threads"] == 2

@@ -193,6 +193,48 @@ def test_choose_keep_prefers_the_slowest_fitting_fraction():
     assert hakd._choose_keep({0.25: 5.0, 0.5: 6.0}, 3.0) == 0.25  # none fits: the fastest
 
 
+def test_a_resume_elsewhere_chooses_with_the_recorded_devices_table(tmp_path):
+    # The run started on "elsewhere" (its table and target_device.json say so): a rerun here
+    # takes that device's rows without --allow_foreign; any other device still needs it.
+    out = tmp_path / "run"
+    out.mkdir()
+    _fake_foreign_table(out / "latency_table.json")
+    target = {"id": "elsewhere-4c-00000000", "cpu": "elsewhere", "cores": 4}
+    (out / hakd.TARGET_DEVICE_FILE).write_text(json.dumps(target))
+    checked = hakd.validate(tiny_config(tmp_path))
+    assert checked.target_device == target
+    assert checked.device["id"] == hardware.device_fingerprint()["id"]
+
+    other = hardware.LatencyTable.load(out / "latency_table.json")
+    row = other.rows[0]
+    other.add(
+        dataclasses.replace(row, device_id="third-2c-00000000"),
+        {"id": "third-2c-00000000", "cpu": "third"},
+    )
+    other.save(out / "latency_table.json")
+    with pytest.raises(RecipeError, match="third-2c-00000000.*--allow_foreign"):
+        hakd.validate(tiny_config(tmp_path))
+
+    (out / "latency_table.json").unlink()  # that device's latency cannot be measured here
+    with pytest.raises(RecipeError, match="latency table .* is missing"):
+        hakd.validate(tiny_config(tmp_path))
+    (out / hakd.TARGET_DEVICE_FILE).write_text("{not json")
+    with pytest.raises(RecipeError, match=hakd.TARGET_DEVICE_FILE + " cannot be read"):
+        hakd.validate(tiny_config(tmp_path))
+
+
+def _move_run_to(out, device_id):
+    """Make `out` look started on `device_id`: its table's rows and its recorded device."""
+    table = hardware.LatencyTable.load(out / "latency_table.json")
+    here = hardware.device_fingerprint()["id"]
+    fingerprint = {**table.devices[here], "id": device_id, "cpu": "Elsewhere CPU"}
+    moved = hardware.LatencyTable()
+    for row in table:
+        moved.add(dataclasses.replace(row, device_id=device_id), fingerprint)
+    moved.save(out / "latency_table.json")
+    (out / hakd.TARGET_DEVICE_FILE).write_text(json.dumps(fingerprint))
+
+
 @pytest.mark.slow
 def test_ternary_student_run_resumes_and_reuses_the_table(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, weight_bits="ternary", attention_beta=0.0)
@@ -215,3 +257,17 @@ def test_ternary_student_run_resumes_and_reuses_the_table(tmp_path, monkeypatch)
     assert second["selection"]["name"] == first["selection"]["name"]
     for a, b in zip(first["rows"], second["rows"], strict=True):
         assert a["keras_top1"] == pytest.approx(b["keras_top1"])
+    recorded = json.loads((tmp_path / "run" / hakd.TARGET_DEVICE_FILE).read_text())
+    assert recorded == first["device"] == first["target_device"]
+
+    # Resumed on another machine: the device that chose is the one whose rows choose again
+    # (nothing converted or timed for the table), and the report says where each part ran.
+    _move_run_to(tmp_path / "run", "elsewhere-2c-00000000")
+    third = hakd.run(config)
+    assert measured == []
+    assert third["target_device"]["id"] == "elsewhere-2c-00000000"
+    assert third["device"]["id"] == hardware.device_fingerprint()["id"]
+    assert third["selection"]["name"] == first["selection"]["name"]
+    assert third["selection"]["row"]["device_id"] == "elsewhere-2c-00000000"
+    assert third["channel_keep"] == first["channel_keep"]
+    assert "This run resumed here" in (tmp_path / "run" / "results.md").read_text()

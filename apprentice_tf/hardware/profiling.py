@@ -326,6 +326,7 @@ def profile(
     *,
     allow_foreign: bool = False,
     seed: int = 0,
+    device_id: str | None = None,
 ) -> LatencyTable:
     """Convert each candidate to TFLite and time it with the LiteRT interpreter on this machine.
 
@@ -356,18 +357,29 @@ def profile(
       allow_foreign: accept a `cache` that holds rows of other devices (they are kept but never
         reused for this device).
       seed: seed of the random inputs.
+      device_id: whose measurements to return: None (this machine: reuse `cache`, time what it
+        lacks) or the id of another device whose rows `cache` holds, measured there earlier;
+        then nothing is timed (another device's latency cannot be measured here) and every
+        candidate must have its row (e.g. HAKD choosing on a workstation for a board, or a run
+        resumed on another machine going on with the measurements it chose by).
 
     Returns:
       A `LatencyTable` with one row per candidate, in the given order.
 
     Raises:
-      ValueError: empty or invalid candidates, an argument out of range, or a foreign `cache`
-        without `allow_foreign`; nothing is timed or written then.
+      ValueError: empty or invalid candidates, an argument out of range, a foreign `cache`
+        without `allow_foreign`, or a `device_id` of another device for which `cache` lacks a
+        candidate's row; nothing is timed or written then.
     """
     settings = ProfileSettings(
         num_threads, runs, warmup, quantize, batch_size, seed, function="profile"
     )
-    return _profile(candidates, settings, cache, verbose, allow_foreign, "profile")
+    return _profile(candidates, settings, cache, verbose, allow_foreign, "profile", device_id)
+
+
+def _row_key(device_id: str, settings: ProfileSettings, item: _Item) -> tuple:
+    """The `LatencyRow.row_key` of `item` measured on `device_id` under `settings`."""
+    return (device_id, settings.num_threads, item.key, settings.label, settings.batch_size)
 
 
 def _profile(
@@ -377,14 +389,36 @@ def _profile(
     verbose: int,
     allow_foreign: bool,
     function: str,
+    device_id: str | None = None,
 ) -> LatencyTable:
-    """`profile` with its settings checked: the table of `candidates`, reusing `cache`."""
+    """`profile` with its settings checked: the table of `candidates`, reusing `cache`.
+
+    `device_id` (another device than this machine): the rows `cache` holds for that device,
+    nothing timed; ValueError naming the candidates it lacks.
+    """
     if verbose not in (0, 1, 2):
         raise _checks.refuse(function, "verbose", verbose, "0, 1 or 2")
+    if device_id is not None and not (isinstance(device_id, str) and device_id):
+        raise _checks.refuse(function, "device_id", device_id, "None or a device id string")
     items = _items(candidates)
     fingerprint = device_fingerprint(settings.num_threads)
     here = fingerprint["id"]
-    table, path = _resolve_cache(cache, here, allow_foreign, function)
+    target = device_id or here
+    # Naming another device is consent to a cache that holds its rows.
+    table, path = _resolve_cache(cache, here, allow_foreign or target != here, function)
+    if target != here:
+        lacking = [
+            item.name for item in items if table.lookup(_row_key(target, settings, item)) is None
+        ]
+        if lacking:
+            raise ValueError(
+                f"{function}: device_id={target!r} is not this machine ({here!r}), so its "
+                "latencies can only come from `cache`, which has no row for "
+                f"{lacking} at {settings.num_threads} thread(s), quantize={settings.quantize!r}, "
+                f"batch {settings.batch_size} (its devices: {table.device_ids}). Profile them on "
+                "that device, or pass device_id=None to measure on this machine."
+            )
+        fingerprint = table.devices[target]
 
     result = LatencyTable()
     progress = keras.utils.Progbar(
@@ -393,8 +427,7 @@ def _profile(
     measured = 0
     try:
         for step, item in enumerate(items, start=1):
-            key = (here, settings.num_threads, item.key, settings.label, settings.batch_size)
-            stored = table.lookup(key)
+            stored = table.lookup(_row_key(target, settings, item))
             if stored is None:
                 stored = _measure(item, fingerprint, settings)
                 table.add(stored, fingerprint)
@@ -422,6 +455,7 @@ def layer_sweep(
     cache: LatencyTable | str | os.PathLike | None = None,
     verbose: int = 1,
     allow_foreign: bool = False,
+    device_id: str | None = None,
     **timing: Any,
 ) -> LatencyTable:
     """Time every block of a grid: ops x spatial sizes x channel counts (in = out = c).
@@ -430,7 +464,8 @@ def layer_sweep(
     latency moving in steps rather than growing smoothly with c^2. Grouped blocks are skipped
     where `groups` does not divide c. `settings` (default `ProfileSettings()`), with any of its
     fields given as keywords (``num_threads=2, runs=50``) replacing its values, says how every
-    block is converted and timed; `cache`, `verbose` and `allow_foreign` as in `profile`.
+    block is converted and timed; `cache`, `verbose`, `allow_foreign` and `device_id` as in
+    `profile`.
 
     Returns:
       The `LatencyTable` of the grid (rows named by `BlockSpec.key`); `plot_sweep` draws it and
@@ -467,7 +502,7 @@ def layer_sweep(
             f"layer_sweep: no block left: `groups`={groups} divides none of channels "
             f"{channel_list} and ops={tuple(ops)} has only 'grouped'."
         )
-    return _profile(specs, settings, cache, verbose, allow_foreign, "layer_sweep")
+    return _profile(specs, settings, cache, verbose, allow_foreign, "layer_sweep", device_id)
 
 
 def estimate_network_latency(
@@ -477,6 +512,7 @@ def estimate_network_latency(
     *,
     allow_foreign: bool = False,
     verbose: int = 0,
+    device_id: str | None = None,
     **timing: Any,
 ) -> float:
     """Latency of `model` predicted as the sum of its blocks' measured latencies (ms).
@@ -486,7 +522,7 @@ def estimate_network_latency(
     path is read and written back). The head (pooling, Dense), residual Adds, concatenations and
     interpreter overhead per op are not in the sum, so compare with `measure_model_latency` to
     know the error of the estimate on this device. `settings` and `**timing` as in
-    `layer_sweep`.
+    `layer_sweep`; `device_id` as in `profile` (another device's blocks: all from `table`).
 
     Raises:
       ValueError: the model has no convolution, or as `profile`.
@@ -501,7 +537,9 @@ def estimate_network_latency(
     unique = {spec.key: spec for _, spec in blocks}
     if table is None:
         table = LatencyTable()
-    rows = _profile(unique, settings, table, verbose, allow_foreign, "estimate_network_latency")
+    rows = _profile(
+        unique, settings, table, verbose, allow_foreign, "estimate_network_latency", device_id
+    )
     by_key = {row.key: row.median_ms for row in rows}
     return float(sum(by_key[spec.key] for _, spec in blocks))
 
