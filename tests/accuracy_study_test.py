@@ -24,6 +24,7 @@ from benchmarks.accuracy import (
     resume_archive,
     row_file_name,
     scheme_a_rows,
+    started_first,
     summarise_rows,
     unpack_resume,
 )
@@ -86,8 +87,27 @@ def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restar
         "teacher_restart2",
         "C_teacher_restart2",
     ]
-    assert names.index("C_tau4_seed2") < names.index("C_lr3") < names.index("B_seed0")
+    assert names.index("C_tau4_seed2") < names.index("C_lr3") < names.index("C_epochs15")
+    assert names.index("C_epochs15") < names.index("B_seed0")
     assert len(names) == len(set(names))
+
+
+def test_begun_groups_run_first_the_rest_in_plan_order(tmp_path):
+    work, artifacts = tmp_path / "work", tmp_path / "artifacts"
+    (work / "HAKD").mkdir(parents=True)  # begun in this work directory
+    archive = resume_archive(artifacts, "A")  # begun in an earlier sitting, carried over
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"")
+    names = ["C_epochs15", "A", "HAKD", "teacher_restart2", "C_teacher_restart2"]
+    assert started_first(names, work, artifacts) == [
+        "A",
+        "HAKD",
+        "C_epochs15",
+        "teacher_restart2",
+        "C_teacher_restart2",
+    ]
+    assert started_first(names[::-1], tmp_path / "none", artifacts)[0] == "A"
+    assert started_first([], work, artifacts) == []
 
 
 def test_the_stronger_teacher_variant_differs_from_c_at_tau4_in_the_teacher_only():
