@@ -128,6 +128,7 @@ _AXIS_TITLES = {
     "file_bytes": ".tflite file size (bytes)",
     "tflite_top1": "TFLite top-1",
     "keras_top1": "Keras top-1",
+    "latency_ms": "LiteRT latency (ms, batch 1)",
 }
 
 
@@ -139,7 +140,8 @@ def plot_accuracy_vs_size(
     label_key: str = "scheme",
 ) -> Path:
     """Accuracy against model size (log scale) as a PNG, named in a legend below the axes (rows
-    of equal size, e.g. every ternary student, would overlap as labels).
+    of equal size, e.g. every ternary student, would overlap as labels). Any positive per-row
+    quantity can stand for the size (`size_key`, e.g. ``"latency_ms"``).
 
     Rows that share a label (e.g. the seeds of one configuration) share one colour and marker
     and one legend entry, which says how many runs it holds; each label gets its own

@@ -28,6 +28,7 @@ from benchmarks.accuracy import (
     summarise_rows,
     unpack_resume,
 )
+from benchmarks.plots import accuracy_plots
 from recipes import hakd
 
 
@@ -90,6 +91,24 @@ def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restar
     assert names.index("C_tau4_seed2") < names.index("C_lr3") < names.index("C_epochs15")
     assert names.index("C_epochs15") < names.index("B_seed0")
     assert len(names) == len(set(names))
+
+
+def test_latency_plot_waits_for_the_side_by_side_timing(tmp_path):
+    rows = [
+        {"row": "ternary W2A8 alone", "curve": [0.5, 0.8], "packed_bytes": 78112},
+        {"row": "ternary W2A8 + KD scheme B", "curve": [0.6, 0.85], "packed_bytes": 78112},
+        {"row": "HAKD student (τ=4): resnet_d14_w1.0", "curve": [0.7], "packed_bytes": 705000},
+    ]
+    for row, (top1, ms) in zip(rows, [(0.85, 0.28), (0.86, 0.27), (0.88, 0.64)], strict=True):
+        row.update(tflite_top1=top1, latency_ms=ms)
+    payload = {"groups": {"B_seed0": rows[:2], "HAKD": rows[2:]}}
+    names = {path.name for path in accuracy_plots(payload, tmp_path)}
+    assert names == {"accuracy_vs_size.png", "ternary_curves.png"}  # HAKD's own timings only
+    payload["latency_note"] = "every row's file timed side by side"
+    written = accuracy_plots(payload, tmp_path)
+    assert {path.name for path in written} == names | {"accuracy_vs_latency.png"}
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_begun_groups_run_first_the_rest_in_plan_order(tmp_path):
