@@ -154,15 +154,20 @@ def test_quantized_block_keeps_ternary_levels():
     assert row.quantize == "ternary" and row.levels_verified is True and row.median_ms > 0
 
 
-def test_foreign_table_is_refused_without_allow_foreign(measured, tmp_path, invokes):
-    _, path = measured
+def _as_measured_on_a_phone(path, foreign, **row_fields):
+    """Write the table at `path` to `foreign` as if measured on device phone-8c-0000."""
     data = json.loads(path.read_text())
     here = hw.device_fingerprint()["id"]
-    data["devices"] = {"phone-8c-0000": {**data["devices"][here], "cpu": "Phone SoC"}}
+    data["devices"] = {"phone-8c-0000": {**data["devices"][here], "id": "phone-8c-0000"}}
     for row in data["rows"]:
-        row["device_id"] = "phone-8c-0000"
-    foreign = tmp_path / "foreign.json"
+        row.update(device_id="phone-8c-0000", **row_fields)
     foreign.write_text(json.dumps(data))
+    return data
+
+
+def test_foreign_table_is_refused_without_allow_foreign(measured, tmp_path, invokes):
+    foreign = tmp_path / "foreign.json"
+    data = _as_measured_on_a_phone(measured[1], foreign)
     with pytest.raises(ValueError, match="another device.*allow_foreign"):
         hw.profile(TINY, runs=RUNS, cache=foreign, verbose=0)
     assert json.loads(foreign.read_text()) == data and invokes == []
@@ -175,15 +180,8 @@ def test_foreign_table_is_refused_without_allow_foreign(measured, tmp_path, invo
 
 def test_another_devices_rows_are_looked_up_never_timed(measured, tmp_path, invokes):
     # A table measured on the target (or by the machine where a run started), used elsewhere.
-    _, path = measured
-    data = json.loads(path.read_text())
-    here = hw.device_fingerprint()["id"]
-    data["devices"] = {"phone-8c-0000": {**data["devices"][here], "id": "phone-8c-0000"}}
-    for row in data["rows"]:
-        row["device_id"] = "phone-8c-0000"
-        row["median_ms"] = 7.0
     foreign = tmp_path / "foreign.json"
-    foreign.write_text(json.dumps(data))
+    data = _as_measured_on_a_phone(measured[1], foreign, median_ms=7.0)
     rows = hw.profile(
         TINY, runs=RUNS, warmup=1, cache=foreign, verbose=0, device_id="phone-8c-0000"
     )
