@@ -494,6 +494,17 @@ def _markdown(
         f"{'yes' if r['median_ms'] <= config.latency_budget_ms else 'no'} |"
         for r in selection["considered"]
     )
+    resumed = (
+        []
+        if target_device["id"] == device["id"]
+        else [
+            "",
+            f"This run resumed here; the student, the keep fraction and the table columns come "
+            f"from device `{target_device['id']}` ({target_device['cpu']}, "
+            f"{target_device['cores']} cores), where it started; the deployed files were timed "
+            "here.",
+        ]
+    )
     lines = [
         "# HAKD results",
         "",
@@ -502,17 +513,7 @@ def _markdown(
         f"{config.runs} runs after {config.warmup} warm-up, batch 1. Budget "
         f"**{config.latency_budget_ms:g} ms**; dataset {config.dataset} "
         f"({config.train_split} / {config.test_split}), {config.epochs} epoch(s).",
-        *(
-            []
-            if target_device["id"] == device["id"]
-            else [
-                "",
-                f"This run resumed here; the student, the keep fraction and the table columns "
-                f"come from device `{target_device['id']}` ({target_device['cpu']}, "
-                f"{target_device['cores']} cores), where it started; the deployed files were "
-                "timed here.",
-            ]
-        ),
+        *resumed,
         "",
         reporting.markdown_table(shown, _HAKD_COLUMNS),
         "",
@@ -606,7 +607,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
     # resumes on another machine, those of the device that first chose (looked up, never timed).
     target = checked.target_device["id"]
     elsewhere = target != checked.device["id"]
-    foreign = {"allow_foreign": config.allow_foreign or elsewhere, "device_id": target}
+    device_rows = {"allow_foreign": config.allow_foreign or elsewhere, "device_id": target}
     extra: dict[str, Any] = {"device": checked.device, "target_device": checked.target_device}
     if elsewhere:
         _log(start, f"resuming with the measurements of {target}, which chose this run's student")
@@ -622,7 +623,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
             settings=settings,
             cache=table_path,
             verbose=verbose,
-            **foreign,
+            **device_rows,
         )
         normalize = config.step_normalize or None
         steps = hardware.find_steps(sweep, config.step_threshold, normalize=normalize)
@@ -645,14 +646,14 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         config.family, checked.num_classes, input_shape, grid=checked.grid
     )
     profiled = hardware.profile(
-        candidates, **dataclasses.asdict(settings), cache=table_path, verbose=verbose, **foreign
+        candidates, **dataclasses.asdict(settings), cache=table_path, verbose=verbose, **device_rows
     )
     try:
         selection = hardware.select_student(
             profiled,
             config.latency_budget_ms,
             family=config.family,
-            allow_foreign=foreign["allow_foreign"],
+            allow_foreign=device_rows["allow_foreign"],
             device_id=target,
         )
     except ValueError as error:
@@ -666,7 +667,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
 
     # 3. The additive latency model against the whole-network measurement.
     float_student = selection.build()
-    estimate = hardware.estimate_network_latency(float_student, table_path, settings, **foreign)
+    estimate = hardware.estimate_network_latency(float_student, table_path, settings, **device_rows)
     measured = selection.row.median_ms
     extra["latency_estimate"] = {
         "model": selection.name,
@@ -695,7 +696,7 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         **dataclasses.asdict(dataclasses.replace(settings, quantize=None)),
         cache=table_path,
         verbose=verbose,
-        **foreign,
+        **device_rows,
     )
     by_name = {row.name: row for row in arch_rows}
     keep_rows = {k: by_name[f"teacher_keep{k:g}"] for k in pruned_archs}
@@ -708,8 +709,8 @@ def run(config: HAKDConfig) -> dict[str, Any]:
         "params": by_name["teacher"].params,
         "median_ms": by_name["teacher"].median_ms,
     }
-    if _recorded_target(output_dir) is None:  # chosen: a resume anywhere keeps these choices
-        reporting.write_json(output_dir / TARGET_DEVICE_FILE, checked.device)
+    # Chosen: a resume anywhere keeps these choices (rewriting a recorded device changes nothing).
+    reporting.write_json(output_dir / TARGET_DEVICE_FILE, checked.target_device)
 
     steps_per_epoch = _common.steps_per_epoch(train)
     teacher_epochs = config.teacher_epochs or config.epochs
