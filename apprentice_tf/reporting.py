@@ -132,6 +132,18 @@ _AXIS_TITLES = {
 }
 
 
+_SCATTER_MARKERS = "osD^vP*X<>"
+
+
+def _scatter_style(index: int) -> tuple[str, tuple[float, float, float]]:
+    """The marker and colour of the `index`-th label of a scatter plot: colour i mod 20 of
+    ``tab20``, marker (i + ⌊i / 20⌋) mod 10, so labels 20 apart differ in marker and the first
+    200 pairs are all distinct (i mod 20 and i mod 10 alone repeat after 20)."""
+    colours = matplotlib.colormaps["tab20"].colors
+    shift = index // len(colours)
+    return _SCATTER_MARKERS[(index + shift) % len(_SCATTER_MARKERS)], colours[index % len(colours)]
+
+
 def plot_accuracy_vs_size(
     rows: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -153,14 +165,13 @@ def plot_accuracy_vs_size(
         by_label.setdefault(str(row.get(label_key, "")), []).append(row)
     fig = Figure(figsize=(7, 4.5 + 0.22 * len(by_label)))
     ax = fig.subplots()
-    markers = "osD^vP*X<>"
-    colours = matplotlib.colormaps["tab20"].colors
     for index, (label, group) in enumerate(by_label.items()):
+        marker, colour = _scatter_style(index)
         ax.scatter(
             [row[size_key] for row in group],
             [row[accuracy_key] for row in group],
-            marker=markers[index % len(markers)],
-            color=colours[index % len(colours)],
+            marker=marker,
+            color=colour,
             s=45,
             label=label if len(group) == 1 else f"{label} ({len(group)} runs)",
         )

@@ -93,6 +93,12 @@ def test_machine_info_and_reporting_reexports():
         assert getattr(reporting, name) is getattr(_io, name)
 
 
+def test_scatter_styles_stay_distinct_past_twenty_labels():
+    # The study's size plot has more than 20 rows; the 21st once repeated the first's style.
+    styles = [reporting._scatter_style(index) for index in range(200)]
+    assert len(set(styles)) == 200
+
+
 def test_plots_write_pngs_without_pyplot(tmp_path):
     curves = reporting.plot_curves({"a": [0.1, 0.5]}, tmp_path / "c.png")
     rows = [{"packed_bytes": 100, "tflite_top1": t, "scheme": "B"} for t in (0.5, 0.6)]  # 2 seeds
