@@ -45,6 +45,8 @@ HAKD              the float CIFAR ResNet student HAKD selects from `HAKD_GRID` u
                   ``--hakd_budget_ms`` (LiteRT, batch 1, 1 thread), distilled from the teacher
                   (at `LATE_KD`'s τ), against magnitude- and channel-pruned copies of the
                   teacher at about the same measured latency
+HAKD_alone        the student HAKD chose, trained alone (float, no teacher, `hakd_choice`): what
+                  the measured choice of shape gave, apart from what distillation gave
 teacher_restart2  the restarted teacher trained `SECOND_RESTART_EPOCHS` more from its weights
                   (a second warm restart): does a stronger teacher distil better? (before
                   ``C_teacher_restart2``, which distils from it at τ=4, to set against C's τ=4
@@ -100,7 +102,7 @@ from typing import Any
 
 from absl import app, flags
 
-from apprentice_tf import precision, reporting, tflite
+from apprentice_tf import hardware, precision, reporting, tflite
 from recipes import apprentice, hakd, pretrain, progressive
 
 # Flags other benchmarks also define may be overridden, so benchmarks can be imported together.
@@ -234,6 +236,28 @@ HAKD_GRID: tuple[dict[str, Any], ...] = tuple(
     for depth in (14, 20, 32, 44, 56)
     for width in (0.5, 0.75, 1.0)
 )
+#: The row of the student HAKD chose trained without a teacher (`hakd_choice`; group HAKD_alone).
+HAKD_ALONE_ROW = "float {model} alone (HAKD's choice, no teacher)"
+
+
+def hakd_choice(hakd_rows: Sequence[dict[str, Any]]) -> hardware.StudentCandidate:
+    """The candidate of `HAKD_GRID` that HAKD chose: its student row's ``model`` (the row whose
+    name starts with "HAKD" among the study's rows of group HAKD), as
+    `hardware.student_candidates` names it; its kwargs hold ``depth`` and ``width_multiplier``.
+
+    Raises:
+      ValueError: no HAKD student row, or its model is not a candidate of `HAKD_GRID`.
+    """
+    models = [row.get("model") for row in hakd_rows if row["row"].startswith("HAKD")]
+    candidates = hardware.student_candidates("resnet", grid=HAKD_GRID)
+    if not models or models[0] not in candidates:
+        raise ValueError(
+            "group HAKD_alone: the HAKD group's rows name no student of HAKD_GRID "
+            f"({[row['row'] for row in hakd_rows]}); run group HAKD first."
+        )
+    return candidates[models[0]]
+
+
 #: Epochs of the teacher's second warm restart (group ``teacher_restart2``), at
 #: ``--teacher_restart_lr``: the stronger teacher the investigation of a missed goal tries.
 SECOND_RESTART_EPOCHS = 30
@@ -729,6 +753,16 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
             rows.append(named)
         return rows
 
+    def hakd_alone_group() -> list[dict[str, Any]]:
+        table = json.loads(Path(f.output).read_text()) if Path(f.output).exists() else {}
+        hakd_rows = table.get("groups", {}).get("HAKD", [])
+        choice = hakd_choice(hakd_rows)
+        work = work_dir / "HAKD_alone"
+        depth, width = choice.kwargs["depth"], choice.kwargs["width_multiplier"]
+        results = _pretrain(f"resnet{depth}", work, width=width)
+        name = HAKD_ALONE_ROW.format(model=choice.name)
+        return [_row(results["rows"][0], name, results["val_accuracy"], work, "float")]
+
     plan: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
         ("float", float_group),
         ("teacher", teacher_group),
@@ -759,6 +793,7 @@ def _plan(work_dir: Path) -> list[tuple[str, Callable[[], list[dict[str, Any]]]]
         ("progressive_B", lambda: progressive_group(True)),
         ("A", scheme_a),
         ("HAKD", hakd_group),
+        ("HAKD_alone", hakd_alone_group),
     ]
     if late:
         plan.append(("teacher_restart2", teacher_restart2_group))

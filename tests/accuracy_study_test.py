@@ -17,6 +17,7 @@ from benchmarks.accuracy import (
     _plan,
     epochs_to_95,
     gap_recovered,
+    hakd_choice,
     keep_artifacts,
     pack_resume,
     print_report,
@@ -78,13 +79,14 @@ def test_plan_runs_every_row_the_issue_asks_for_before_the_second_teacher_restar
         names = [name for name, _ in _plan(tmp_path)]
     assert names[:4] == ["float", "teacher", "teacher_restart", "C"]
     assert names.index("B_seed2") < names.index("B_tau4_seed2") < names.index("B_4bit")
-    assert names[-8:] == [
+    assert names[-9:] == [
         "B_4bit",
         "progressive",
         "progressive_authors",
         "progressive_B",
         "A",
         "HAKD",
+        "HAKD_alone",
         "teacher_restart2",
         "C_teacher_restart2",
     ]
@@ -134,6 +136,20 @@ def test_the_stronger_teacher_variant_differs_from_c_at_tau4_in_the_teacher_only
     _, tau4 = C_VARIANTS["tau4"]
     assert stronger["teacher"] == "teacher_restart2"
     assert {k: v for k, v in stronger.items() if k != "teacher"} == tau4
+
+
+def test_hakd_alone_trains_the_candidate_hakd_chose():
+    rows = [
+        {"row": "HAKD (KD+AT) (τ=4): resnet_d14_w1.0", "model": "resnet_d14_w1.0"},
+        {"row": "magnitude pruning 79%: resnet56_w1", "model": "resnet56_w1"},
+    ]
+    choice = hakd_choice(rows)
+    assert choice.name == "resnet_d14_w1.0"
+    assert (choice.kwargs["depth"], choice.kwargs["width_multiplier"]) == (14, 1.0)
+    with pytest.raises(ValueError, match="run group HAKD first"):
+        hakd_choice(rows[1:])
+    with pytest.raises(ValueError, match="no student of HAKD_GRID"):
+        hakd_choice([{"row": "HAKD (KD+AT): resnet_d110_w1.0", "model": "resnet_d110_w1.0"}])
 
 
 def test_the_hakd_grid_is_one_the_recipe_accepts(tmp_path):
